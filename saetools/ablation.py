@@ -1,0 +1,124 @@
+"""Head ablation on IOI: zero, mean (over the ABC distribution) and resample.
+
+Mean ablation follows Wang et al. (2022): an ablated head's output ``z`` is replaced by its
+mean over the ABC distribution, taken *per template and position* (prompts of one template
+share a token layout, so position ``t`` means the same word for all of them). The ABC
+reference of a clean batch keeps each prompt's template, place and object and replaces the
+subject by a third name (:func:`abc_counterpart`), so layouts align row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saetools.hooks import replace_heads_hook
+from saetools.tasks import ioi
+
+__all__ = [
+    "abc_counterpart",
+    "template_means",
+    "head_z_replacements",
+    "run_with_head_ablation",
+    "head_ablation_sweep",
+]
+
+Head = tuple[int, int]
+Method = Literal["zero", "mean", "resample"]
+
+
+def abc_counterpart(spec: pd.DataFrame, *, seed: int, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The ABC prompt of every IOI prompt: the subject replaced by a third, distinct name."""
+    out = ioi.counterfactual(spec, "s", seed=seed, names=names)
+    out["s1"] = spec["s1"].to_numpy()
+    return out
+
+
+def template_means(acts: Tensor, templates: pd.Series) -> Tensor:
+    """Replace each row of ``acts`` (``[batch, ...]``) by the mean over rows of its template."""
+    codes, _ = pd.factorize(templates)
+    codes_t = torch.as_tensor(codes, device=acts.device)
+    n = int(codes.max()) + 1
+    sums = torch.zeros((n, *acts.shape[1:]), device=acts.device, dtype=acts.dtype)
+    sums.index_add_(0, codes_t, acts)
+    counts = torch.bincount(codes_t, minlength=n).to(acts.dtype)
+    return (sums / counts.view(-1, *([1] * (acts.ndim - 1))))[codes_t]
+
+
+@torch.no_grad()
+def head_z_replacements(
+    model, batch: ioi.IOIBatch, *, method: Method, reference: ioi.IOIBatch | None = None, seed: int = 0
+) -> dict[int, Tensor] | None:
+    """Per-layer replacement values of ``hook_z`` for ``batch`` (``None`` for zero ablation)."""
+    if method == "zero":
+        return None
+    if reference is None:
+        raise ValueError(f"method={method!r} needs a reference batch (e.g. the ABC counterpart)")
+    if reference.tokens.shape != batch.tokens.shape:
+        raise ValueError("reference batch must have the same token layout as the clean batch")
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(reference.tokens, names_filter=lambda n: n in names)
+    if method == "mean":
+        return {layer: template_means(cache[n], reference.spec["template"]) for layer, n in enumerate(names)}
+    if method == "resample":
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(reference), generator=g)
+        # Resample within a template so the token layout still matches.
+        codes, _ = pd.factorize(reference.spec["template"])
+        order = np.argsort(codes, kind="stable")
+        perm_np = perm.numpy()
+        out = np.arange(len(reference))
+        for c in np.unique(codes):
+            rows = order[codes[order] == c]
+            out[rows] = rows[np.argsort(perm_np[rows])]
+        idx = torch.as_tensor(out)
+        return {layer: cache[n][idx] for layer, n in enumerate(names)}
+    raise ValueError(f"method must be 'zero', 'mean' or 'resample', got {method!r}")
+
+
+def _hooks_for(heads: Sequence[Head], replacements: dict[int, Tensor] | None):
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+    return [
+        (f"blocks.{layer}.attn.hook_z",
+         replace_heads_hook(hs, None if replacements is None else replacements[layer]))
+        for layer, hs in by_layer.items()
+    ]
+
+
+@torch.no_grad()
+def run_with_head_ablation(
+    model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor] | None
+) -> Tensor:
+    """Logits with ``heads`` ablated (their ``z`` replaced; ``None`` = zero)."""
+    return model.run_with_hooks(batch.tokens, fwd_hooks=_hooks_for(heads, replacements))
+
+
+@torch.no_grad()
+def head_ablation_sweep(
+    model, batch: ioi.IOIBatch, *, method: Method = "mean", reference: ioi.IOIBatch | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Ablate each head alone; tidy table of the mean logit difference and its change.
+
+    Columns: ``layer, head, logit_diff, delta`` (ablated minus clean mean logit difference)
+    and ``frac_drop = -delta / clean``; sorted by ``frac_drop`` descending.
+    """
+    clean = float(ioi.logit_diff(model(batch.tokens), batch).mean())
+    reps = head_z_replacements(model, batch, method=method, reference=reference, seed=seed)
+    rows = []
+    heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    for layer, head in tqdm(heads, desc="head ablation", leave=False):
+        ld = float(ioi.logit_diff(run_with_head_ablation(model, batch, [(layer, head)], replacements=reps), batch).mean())
+        rows.append({"layer": layer, "head": head, "logit_diff": ld, "delta": ld - clean})
+    df = pd.DataFrame(rows)
+    df["frac_drop"] = -df["delta"] / clean
+    df.attrs.update(clean_logit_diff=clean, method=method)
+    return df.sort_values("frac_drop", ascending=False, kind="stable").reset_index(drop=True)

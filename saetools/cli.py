@@ -1,0 +1,40 @@
+"""The ``saetools`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _reproduce(args) -> int:
+    from saetools.reproduce import reproduce
+
+    results = reproduce(model=args.model, profile=args.profile, out_dir=args.out,
+                        notebooks=args.notebooks, only=args.only)
+    for r in results:
+        status = "ok" if r.ok else "FAILED"
+        print(f"{status:7s} {r.seconds:7.1f} s  {r.name}" + (f"\n        {r.error.splitlines()[0]}" if r.error else ""))
+    print(f"report: {(args.out / 'index.html').resolve()}")
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="saetools", description="SAE interpretability toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("reproduce", help="execute every notebook and write an HTML report")
+    rep.add_argument("--model", default="tiny-ioi", help="tiny-ioi (bundled, default) or gpt2")
+    rep.add_argument("--profile", default="smoke", choices=["smoke", "full"],
+                     help="smoke: minutes on a CPU; full: the paper-scale run (GPU)")
+    rep.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output folder")
+    rep.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="notebook folder")
+    rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains these")
+    args = parser.parse_args(argv)
+    return _reproduce(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

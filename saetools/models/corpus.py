@@ -1,0 +1,188 @@
+"""The synthetic corpus the bundled ``tiny-ioi`` model is trained on.
+
+Four seeded document generators, mixed by :class:`CorpusConfig`:
+
+* **IOI** sentences (Wang et al. 2022): ``"Then, Mary and John went to the store. John gave a
+  ring to Mary."`` built from compositional templates (``data/ioi_templates.json``) plus the
+  Wang et al. templates that are not held out;
+* **ABC** sentences: the same templates with a third, distinct name as the subject; the answer
+  is one of the first two names at random, so the model learns "a first-clause name that is not
+  the subject" rather than a surface statistic;
+* **grammar** sentences from a small grammar over the same vocabulary (every name, including
+  held-out ones, so their embeddings are trained);
+* **copying** sequences: a random word list followed by its repeat, so that induction and
+  duplicate-token heads can form.
+
+Held out for evaluation (see :func:`saetools.data.heldout_templates` /
+:func:`saetools.data.heldout_names`): some template strings never occur, and some names never
+occur in an IOI or ABC sentence.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from saetools.data import heldout_names, heldout_templates, ioi_template_data, load_words
+
+__all__ = [
+    "CorpusConfig",
+    "training_templates",
+    "fill_template",
+    "generate_documents",
+    "tokenizer_training_text",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig:
+    """Mixture weights of the document generators (normalised to sum to 1)."""
+
+    ioi: float = 0.45
+    """Weight of IOI sentences (names A, B, B)."""
+    abc: float = 0.10
+    """Weight of ABC sentences (three distinct names)."""
+    grammar: float = 0.20
+    """Weight of small-grammar sentences."""
+    copying: float = 0.25
+    """Weight of repeated word lists."""
+
+    def __post_init__(self) -> None:
+        for field in ("ioi", "abc", "grammar", "copying"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"CorpusConfig.{field} must be >= 0")
+        if self.ioi + self.abc + self.grammar + self.copying <= 0:
+            raise ValueError("CorpusConfig weights must not all be zero")
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        w = np.array([self.ioi, self.abc, self.grammar, self.copying], dtype=float)
+        return w / w.sum()
+
+
+@lru_cache(maxsize=None)
+def training_templates() -> tuple[str, ...]:
+    """All IOI templates the corpus may use: compositional ones and non-held-out Wang et al."""
+    data = ioi_template_data()
+    pieces = data["corpus_pieces"]
+    held = set(heldout_templates())
+    out: list[str] = []
+    for opener, activity, lead, action in itertools.product(
+        pieces["openers"], pieces["activities"], pieces["leads"], pieces["actions"]
+    ):
+        out.append(f"{opener} {{N1}} and {{N2}} {activity}. {lead}{{S}} {action}")
+    for conj, activity, action in itertools.product(
+        pieces["conjunctions"], pieces["activities"], pieces["actions"]
+    ):
+        out.append(f"{conj} {{N1}} and {{N2}} {activity}, {{S}} {action}")
+    out.extend(data["wang2022"])
+    # dict.fromkeys keeps order while dropping duplicates.
+    return tuple(t for t in dict.fromkeys(out) if t not in held)
+
+
+def fill_template(template: str, *, n1: str, n2: str, s: str, place: str, obj: str) -> str:
+    """Fill a template's placeholders (see ``data/ioi_templates.json``)."""
+    return template.format(N1=n1, N2=n2, S=s, PLACE=place, OBJECT=obj)
+
+
+_GRAMMAR = (
+    "{OPENER} {NAME} went to the {PLACE} and bought a {OBJECT}.",
+    "{OPENER} {NAME} was happy at the {PLACE}.",
+    "{OPENER} {NAME} found a {OBJECT} in the {PLACE}.",
+    "{OPENER} the {OBJECT} was in the {PLACE}.",
+    "{OPENER} {NAME} and {NAME2} were friends.",
+    "{OPENER} {NAME} said that the {PLACE} was closed.",
+    "{OPENER} {NAME} had a {OBJECT} and a {OBJECT2}.",
+    "{OPENER} {NAME} wanted to go to the {PLACE}.",
+    "{OPENER} {NAME} was thinking about the {OBJECT}.",
+    "{OPENER} {NAME} decided to stay at the {PLACE}.",
+    "{OPENER} {NAME} really liked the {OBJECT}.",
+    "{OPENER} the {PLACE} was crazy and the {OBJECT} was long.",
+    "{OPENER} {NAME} gave the {OBJECT} away.",
+    "{OPENER} {NAME} met friends at the {PLACE}.",
+    "{OPENER} {NAME} had lots of fun.",
+)
+
+
+def _ioi_or_abc(rng: np.random.Generator, templates, names, places, objects, *, abc: bool) -> str:
+    template = templates[rng.integers(len(templates))]
+    k = 3 if abc else 2
+    picked = rng.choice(len(names), size=k, replace=False)
+    a, b = names[picked[0]], names[picked[1]]
+    place = places[rng.integers(len(places))]
+    obj = objects[rng.integers(len(objects))]
+    if abc:
+        s = names[picked[2]]
+        answer = a if rng.random() < 0.5 else b
+        text = fill_template(template, n1=a, n2=b, s=s, place=place, obj=obj)
+    else:
+        # a is IO, b is S; the pattern decides the first-clause order.
+        n1, n2 = (a, b) if rng.random() < 0.5 else (b, a)
+        text = fill_template(template, n1=n1, n2=n2, s=b, place=place, obj=obj)
+        answer = a
+    return f"{text} {answer}."
+
+
+def _grammar(rng: np.random.Generator, names, places, objects, openers) -> str:
+    pattern = _GRAMMAR[rng.integers(len(_GRAMMAR))]
+    n = rng.choice(len(names), size=2, replace=False)
+    o = rng.choice(len(objects), size=2, replace=False)
+    return pattern.format(
+        OPENER=openers[rng.integers(len(openers))],
+        NAME=names[n[0]],
+        NAME2=names[n[1]],
+        PLACE=places[rng.integers(len(places))],
+        OBJECT=objects[o[0]],
+        OBJECT2=objects[o[1]],
+    )
+
+
+def _copying(rng: np.random.Generator, vocab) -> str:
+    length = int(rng.integers(4, 12))
+    words = [vocab[i] for i in rng.choice(len(vocab), size=length, replace=False)]
+    span = " ".join(words)
+    return f"List: {span}. Again: {span}."
+
+
+def generate_documents(n: int, *, seed: int, config: CorpusConfig | None = None) -> list[str]:
+    """Generate ``n`` documents of the training mixture, deterministically from ``seed``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    config = config or CorpusConfig()
+    rng = np.random.default_rng(seed)
+    names = load_words("names")
+    held = set(heldout_names())
+    ioi_names = tuple(x for x in names if x not in held)
+    places, objects = load_words("places"), load_words("objects")
+    templates = training_templates()
+    openers = tuple(ioi_template_data()["corpus_pieces"]["openers"]) + ("The day after,",)
+    vocab = names + places + objects
+    kinds = rng.choice(4, size=n, p=config.probabilities)
+    docs = []
+    for kind in kinds:
+        if kind == 0:
+            docs.append(_ioi_or_abc(rng, templates, ioi_names, places, objects, abc=False))
+        elif kind == 1:
+            docs.append(_ioi_or_abc(rng, templates, ioi_names, places, objects, abc=True))
+        elif kind == 2:
+            docs.append(_grammar(rng, names, places, objects, openers))
+        else:
+            docs.append(_copying(rng, vocab))
+    return docs
+
+
+def tokenizer_training_text(*, seed: int, n_documents: int = 20_000) -> list[str]:
+    """Text the tokenizer is trained on: corpus samples plus every template and word.
+
+    The held-out templates are included (the *tokenizer* may know their words; the model's
+    training corpus never contains them), and each word list entry is repeated with a leading
+    space so that it becomes one token.
+    """
+    data = ioi_template_data()
+    words = load_words("names") + load_words("places") + load_words("objects")
+    extra = list(data["wang2022"]) + list(data["makelov2024"])
+    extra += [" " + " ".join(words)] * 50
+    return generate_documents(n_documents, seed=seed) + extra

@@ -1,0 +1,191 @@
+"""``load_model``: GPT-2 from the Hugging Face hub, or a model bundled with saetools.
+
+Bundled models live in ``saetools/models/bundled/<name>/`` as ``model.safetensors``,
+``config.json`` (TransformerLens config fields) and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from sae_lens import HookedSAETransformer
+from transformer_lens import HookedTransformerConfig
+
+from saetools.models.tokenizer import load_tokenizer
+
+__all__ = [
+    "BUNDLED_MODELS",
+    "PRETRAINED_ALIASES",
+    "ModelUnavailableError",
+    "load_model",
+    "build_model",
+    "save_model",
+    "bundled_model_dir",
+    "random_gpt2_small",
+]
+
+BUNDLED_MODELS: tuple[str, ...] = ("tiny-ioi",)
+PRETRAINED_ALIASES: dict[str, str] = {"gpt2": "gpt2", "gpt2-small": "gpt2"}
+_CONFIG_FIELDS = (
+    "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn",
+    "normalization_type", "positional_embedding_type", "original_architecture",
+    "default_prepend_bos", "model_name", "rotary_dim", "rotary_base",
+)
+
+
+class ModelUnavailableError(RuntimeError):
+    """A pretrained model cannot be loaded (no network and nothing cached)."""
+
+
+def _quiet():
+    """Silence TransformerLens 3.x's deprecation warnings for HookedTransformer."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
+    return ctx
+
+
+def build_model(cfg: HookedTransformerConfig, tokenizer=None) -> HookedSAETransformer:
+    """A randomly initialised ``HookedSAETransformer`` (uses the global torch RNG)."""
+    ctx = _quiet()
+    try:
+        return HookedSAETransformer(cfg, tokenizer=tokenizer)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def save_model(model: HookedSAETransformer, out_dir: str | Path) -> None:
+    """Save weights (safetensors) and config fields so :func:`load_model` can rebuild it."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if not k.endswith((".IGNORE", ".mask"))}
+    save_file(state, str(out_dir / "model.safetensors"))
+    fields = {k: getattr(model.cfg, k) for k in _CONFIG_FIELDS}
+    (out_dir / "config.json").write_text(json.dumps(fields, indent=1) + "\n")
+
+
+def bundled_model_dir(name: str) -> Path:
+    """Directory of a bundled model inside the installed package."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"unknown bundled model {name!r}; available: {list(BUNDLED_MODELS)}")
+    return Path(str(resources.files("saetools.models").joinpath("bundled", name)))
+
+
+def _load_from_dir(path: Path, *, device, dtype) -> HookedSAETransformer:
+    from safetensors.torch import load_file
+
+    for f in ("model.safetensors", "config.json", "tokenizer.json"):
+        if not (path / f).is_file():
+            raise FileNotFoundError(
+                f"{path / f} is missing. Bundled models ship inside the saetools package; "
+                "reinstall it (pip install -e .) or rebuild with scripts/build_bundled_models.py"
+            )
+    fields = json.loads((path / "config.json").read_text())
+    cfg = HookedTransformerConfig(**fields, device=str(device) if device else "cpu")
+    model = build_model(cfg, load_tokenizer(path))
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    real_missing = [k for k in missing if not k.endswith((".IGNORE", ".mask"))]
+    if real_missing or unexpected:
+        raise ValueError(f"weights in {path} do not match the config: missing {real_missing}, "
+                         f"unexpected {unexpected}")
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` s."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _is_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+def _load_pretrained(name: str, *, device, dtype) -> HookedSAETransformer:
+    repo = PRETRAINED_ALIASES[name]
+    cached = _is_cached(repo)
+    if not cached and not _hub_reachable():
+        raise ModelUnavailableError(
+            f"cannot load {name!r}: the Hugging Face hub is unreachable and the weights are not "
+            "in the local cache. Use the bundled model instead: saetools.load_model('tiny-ioi'), "
+            "or download GPT-2 once on a machine with internet access."
+        )
+    ctx = _quiet()
+    try:
+        if cached and not _hub_reachable():
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        model = HookedSAETransformer.from_pretrained(repo, device=device, dtype=dtype)
+    finally:
+        ctx.__exit__(None, None, None)
+    return model.eval()
+
+
+def load_model(
+    name: str = "tiny-ioi",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> HookedSAETransformer:
+    """Load a model as a ``HookedSAETransformer`` in eval mode.
+
+    Args:
+        name: ``"gpt2"`` (alias ``"gpt2-small"``) from the Hugging Face hub through
+            TransformerLens; ``"tiny-ioi"``, the GPT-2-architecture model bundled with
+            saetools; or a path to a directory written by :func:`save_model`.
+        device: where to put the model; default CUDA when available, else CPU.
+        dtype: parameter dtype.
+
+    Raises:
+        ModelUnavailableError: GPT-2 requested with no network and no cached copy (raised
+            within seconds; names the bundled alternative).
+        ValueError: an unknown name.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if name in PRETRAINED_ALIASES:
+        return _load_pretrained(name, device=device, dtype=dtype)
+    if name in BUNDLED_MODELS:
+        return _load_from_dir(bundled_model_dir(name), device=device, dtype=dtype)
+    if Path(name).is_dir():
+        return _load_from_dir(Path(name), device=device, dtype=dtype)
+    raise ValueError(
+        f"unknown model {name!r}: choose one of {sorted(PRETRAINED_ALIASES)} (Hugging Face hub), "
+        f"{list(BUNDLED_MODELS)} (bundled), or a directory written by saetools.models.save_model"
+    )
+
+
+def random_gpt2_small(*, seed: int = 0, device: str = "cpu") -> HookedSAETransformer:
+    """A GPT-2-small-shaped model with random weights and no tokenizer (tests, benchmarks)."""
+    from saetools.models.configs import gpt2_small_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(gpt2_small_config(device=device))
+    return model.eval()

@@ -1,0 +1,123 @@
+"""Execute every notebook with one model and profile; write executed notebooks and HTML.
+
+This is the engine of ``saetools reproduce`` and of the notebook tests: both run exactly the
+notebooks users open, with parameters injected into the cell tagged ``parameters``.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+__all__ = ["NotebookResult", "find_notebooks", "execute_notebook", "reproduce", "write_index"]
+
+
+@dataclass(frozen=True)
+class NotebookResult:
+    """Outcome of executing one notebook."""
+
+    name: str
+    ok: bool
+    seconds: float
+    executed: Path
+    html: Path | None
+    error: str | None = None
+
+
+def find_notebooks(directory: str | Path) -> list[Path]:
+    """The notebooks of a directory, in name order (checkpoints skipped)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"notebook directory {directory} not found: run from the saetools repository root "
+            "or pass --notebooks DIR"
+        )
+    return sorted(p for p in directory.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def _to_html(nb_path: Path, html_path: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(nb_path, as_version=4)
+    body, _ = HTMLExporter(template_name="classic").from_notebook_node(nb)
+    html_path.write_text(body, encoding="utf-8")
+
+
+def execute_notebook(
+    path: str | Path,
+    out_dir: str | Path,
+    parameters: dict,
+    *,
+    timeout: int = 1200,
+    kernel_name: str = "python3",
+    write_html: bool = True,
+) -> NotebookResult:
+    """Execute one notebook with papermill; never raises for a failing notebook.
+
+    The executed notebook (with outputs, also when a cell failed) goes to ``out_dir``.
+    """
+    import papermill as pm
+
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / path.name
+    t0 = time.perf_counter()
+    error = None
+    try:
+        pm.execute_notebook(
+            str(path), str(executed), parameters=parameters, kernel_name=kernel_name,
+            progress_bar=False, execution_timeout=timeout, cwd=str(path.parent),
+        )
+    except Exception as exc:  # a failing notebook is a result, not a crash of the runner
+        if hasattr(exc, "ename"):  # papermill's PapermillExecutionError: the cell's own error
+            error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+        else:
+            error = f"{type(exc).__name__}: {exc}".strip() or traceback.format_exc()
+    html_path = None
+    if write_html and executed.exists():
+        html_path = executed.with_suffix(".html")
+        _to_html(executed, html_path)
+    return NotebookResult(path.stem, error is None, time.perf_counter() - t0, executed, html_path, error)
+
+
+def write_index(results: list[NotebookResult], out_dir: Path, parameters: dict) -> Path:
+    """An index page linking one HTML page per notebook, with its status and time."""
+    rows = "\n".join(
+        f"<tr><td><a href='{r.html.name if r.html else r.executed.name}'>{html.escape(r.name)}</a></td>"
+        f"<td>{'ok' if r.ok else 'FAILED'}</td><td>{r.seconds:.1f} s</td>"
+        f"<td><pre>{html.escape((r.error or '')[:2000])}</pre></td></tr>"
+        for r in results
+    )
+    params = html.escape(", ".join(f"{k}={v!r}" for k, v in parameters.items()))
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>saetools reproduce</title>"
+        f"<h1>saetools reproduce</h1><p>Parameters: {params}</p>"
+        "<table border=1 cellpadding=4><tr><th>notebook</th><th>status</th><th>time</th>"
+        f"<th>error</th></tr>{rows}</table>"
+    )
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def reproduce(
+    *, model: str, profile: str, out_dir: str | Path, notebooks: str | Path = "notebooks",
+    only: list[str] | None = None,
+) -> list[NotebookResult]:
+    """Execute the notebooks (optionally only those whose name contains one of ``only``)."""
+    out_dir = Path(out_dir)
+    paths = find_notebooks(notebooks)
+    if only:
+        paths = [p for p in paths if any(o in p.stem for o in only)]
+    parameters = {"model_name": model, "profile": profile}
+    results = []
+    for p in tqdm(paths, desc="notebooks"):
+        results.append(execute_notebook(p, out_dir, parameters))
+    write_index(results, out_dir, parameters)
+    return results

@@ -1,0 +1,377 @@
+"""Indirect object identification (IOI): prompt distributions, semantic positions, metrics.
+
+Implements the prompt distributions of Wang et al. (2022, "Interpretability in the Wild") and
+Makelov, Lange & Nanda (2024, §2.2 of ``shared/papers/NOTES.md``) as data:
+
+* a **spec** is a :class:`pandas.DataFrame` with one row per prompt and the columns
+  ``template, pattern, io, s, s1, place, object`` (``s1`` is the first-clause non-IO name; it
+  equals ``s`` except in the ABC distribution, where three names are distinct);
+* :func:`render` turns a spec into an :class:`IOIBatch` (tokens, answer ids, and per-prompt
+  semantic positions IO, S1, S1+1, S2, END) for one model's tokenizer;
+* counterfactuals (:func:`counterfactual`) edit exactly one attribute of a spec: the IO name,
+  the S name, or the position (flip ABB <-> BAB, identities kept).
+
+Patterns follow Makelov et al.: ``"ABB"`` means IO comes first in the first clause (Wang et
+al.'s "ABBA"), ``"BAB"`` means the subject comes first (Wang et al.'s "BABA").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from saetools.data import ioi_template_data, load_words
+
+__all__ = [
+    "IOIBatch",
+    "POSITIONS",
+    "ATTRIBUTES",
+    "MultiTokenWordError",
+    "single_token_words",
+    "check_single_tokens",
+    "sample_spec",
+    "wang_spec",
+    "makelov_spec",
+    "abc_spec",
+    "makelov_name_splits",
+    "counterfactual",
+    "render",
+    "logit_diff",
+    "accuracy",
+    "io_probability",
+    "normalized_score",
+    "end_logits",
+]
+
+Pattern = Literal["ABB", "BAB"]
+POSITIONS: tuple[str, ...] = ("IO", "S1", "S1+1", "S2", "END")
+ATTRIBUTES: tuple[str, ...] = ("io", "s", "pos")
+_SPEC_COLUMNS = ["template", "pattern", "io", "s", "s1", "place", "object"]
+MAKELOV_PREFIX = "Then, "
+
+
+class MultiTokenWordError(ValueError):
+    """A name / place / object is not a single token (with a leading space) for a tokenizer."""
+
+
+def _tokenizer(model_or_tokenizer):
+    return getattr(model_or_tokenizer, "tokenizer", None) or model_or_tokenizer
+
+
+def single_token_words(model_or_tokenizer, words: Sequence[str]) -> list[str]:
+    """Filter ``words`` to those that are one token when preceded by a space."""
+    tok = _tokenizer(model_or_tokenizer)
+    ids = tok([" " + w for w in words], add_special_tokens=False)["input_ids"]
+    return [w for w, i in zip(words, ids) if len(i) == 1]
+
+
+def check_single_tokens(model_or_tokenizer, words: Sequence[str], *, kind: str = "word") -> None:
+    """Raise :class:`MultiTokenWordError` naming every word that is not a single token."""
+    good = set(single_token_words(model_or_tokenizer, words))
+    bad = [w for w in words if w not in good]
+    if bad:
+        raise MultiTokenWordError(
+            f"these {kind}s are not single tokens (with a leading space) for this tokenizer: "
+            f"{bad[:20]}{' ...' if len(bad) > 20 else ''}. Filter the list with "
+            "saetools.tasks.ioi.single_token_words(model, words)."
+        )
+
+
+def sample_spec(
+    n: int,
+    *,
+    templates: Sequence[str],
+    names: Sequence[str],
+    seed: int,
+    places: Sequence[str] | None = None,
+    objects: Sequence[str] | None = None,
+    patterns: Sequence[Pattern] = ("ABB", "BAB"),
+    abc: bool = False,
+    symmetric: bool = False,
+) -> pd.DataFrame:
+    """Sample ``n`` prompt specs uniformly over templates, names, places, objects, patterns.
+
+    Args:
+        n: number of prompts (with ``symmetric``, ``n`` must be even: each sampled prompt is
+            followed by its twin with IO and S swapped).
+        templates: template strings with ``{N1} {N2} {S} {PLACE} {OBJECT}`` placeholders.
+        names: candidate names; IO, S (and the ABC third name) are distinct.
+        seed: seed of the sampler (a fresh ``numpy`` generator; no global state).
+        patterns: patterns to sample from, uniformly.
+        abc: the ABC distribution: the first-clause non-IO name differs from the subject.
+        symmetric: Wang et al.'s option, adding the IO <-> S swapped twin of every prompt.
+    """
+    if n < 0 or (symmetric and n % 2):
+        raise ValueError(f"n must be >= 0 (and even when symmetric), got {n}")
+    if len(names) < 3:
+        raise ValueError("need at least 3 names")
+    places = list(places if places is not None else load_words("places"))
+    objects = list(objects if objects is not None else load_words("objects"))
+    rng = np.random.default_rng(seed)
+    m = n // 2 if symmetric else n
+    # Three distinct names per prompt, vectorised: sort random keys and take the first 3.
+    picks = np.argsort(rng.random((m, len(names))), axis=1)[:, :3]
+    names_arr = np.asarray(names, dtype=object)
+    spec = pd.DataFrame(
+        {
+            "template": np.asarray(templates, dtype=object)[rng.integers(len(templates), size=m)],
+            "pattern": np.asarray(patterns, dtype=object)[rng.integers(len(patterns), size=m)],
+            "io": names_arr[picks[:, 0]],
+            "s": names_arr[picks[:, 1]],
+            "place": np.asarray(places, dtype=object)[rng.integers(len(places), size=m)],
+            "object": np.asarray(objects, dtype=object)[rng.integers(len(objects), size=m)],
+        }
+    )
+    spec["s1"] = names_arr[picks[:, 2]] if abc else spec["s"]
+    if symmetric:
+        twin = spec.copy()
+        twin["io"], twin["s"] = spec["s"], spec["io"]
+        twin["s1"] = twin["s"] if not abc else spec["s1"]
+        spec = pd.concat([spec, twin]).sort_index(kind="stable").reset_index(drop=True)
+    return spec[_SPEC_COLUMNS]
+
+
+def wang_spec(n: int, *, seed: int, names: Sequence[str] | None = None, **kw) -> pd.DataFrame:
+    """Wang et al. (2022): the 15 BABA templates and their ABBA twins."""
+    templates = kw.pop("templates", ioi_template_data()["wang2022"])
+    return sample_spec(n, templates=templates, names=names or load_words("names"), seed=seed, **kw)
+
+
+def abc_spec(n: int, *, seed: int, **kw) -> pd.DataFrame:
+    """The ABC distribution (three distinct names), the mean-ablation reference of Wang et al."""
+    return wang_spec(n, seed=seed, abc=True, **kw)
+
+
+def makelov_name_splits(names: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Makelov et al.'s name splits: base names (first half); IO / S counterfactual targets.
+
+    ``base`` is the first half of the list; ``io_targets`` the first half of the rest and
+    ``s_targets`` its second half, so base, IO-target and S-target names never overlap.
+    """
+    names = tuple(names or load_words("names"))
+    half = len(names) // 2
+    rest = names[half:]
+    return {"base": names[:half], "io_targets": rest[: len(rest) // 2], "s_targets": rest[len(rest) // 2 :]}
+
+
+def makelov_spec(
+    n: int,
+    *,
+    seed: int,
+    split: Literal["train", "test", "full"] = "full",
+    names: Sequence[str] | None = None,
+    **kw,
+) -> pd.DataFrame:
+    """Makelov et al. (2024): three equal-length templates with the ``"Then, "`` prefix.
+
+    ``split="train"`` uses the first half of names / objects / places and templates T1-T2;
+    ``"test"`` the second half and T3; ``"full"`` everything.
+    """
+    templates = list(ioi_template_data()["makelov2024"])
+    names = list(names or load_words("names"))
+    places, objects = list(load_words("places")), list(load_words("objects"))
+    if split == "train":
+        templates, names = templates[:2], names[: len(names) // 2]
+        places, objects = places[: len(places) // 2], objects[: len(objects) // 2]
+    elif split == "test":
+        templates, names = templates[2:], names[len(names) // 2 :]
+        places, objects = places[len(places) // 2 :], objects[len(objects) // 2 :]
+    elif split != "full":
+        raise ValueError(f"split must be 'train', 'test' or 'full', got {split!r}")
+    return sample_spec(
+        n, templates=templates, names=names, places=places, objects=objects, seed=seed, **kw
+    )
+
+
+def counterfactual(
+    spec: pd.DataFrame,
+    attribute: Literal["io", "s", "pos"],
+    *,
+    seed: int,
+    names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Return a copy of ``spec`` with exactly one attribute changed per prompt.
+
+    * ``"pos"``: flip ABB <-> BAB (the order of the first clause), identities kept;
+    * ``"io"`` / ``"s"``: replace that name (everywhere it occurs) with a name drawn from
+      ``names`` that does not occur in the prompt.
+    """
+    out = spec.copy()
+    if attribute == "pos":
+        out["pattern"] = np.where(spec["pattern"] == "ABB", "BAB", "ABB")
+        return out
+    if attribute not in ("io", "s"):
+        raise ValueError(f"attribute must be 'io', 's' or 'pos', got {attribute!r}")
+    pool = np.asarray(list(names or load_words("names")), dtype=object)
+    rng = np.random.default_rng(seed)
+    used = np.stack([spec["io"].to_numpy(), spec["s"].to_numpy(), spec["s1"].to_numpy()], axis=1)
+    # Draw 4 candidates per prompt; at least one is not among the <= 3 names in use.
+    if len(pool) < 4:
+        raise ValueError("need at least 4 candidate names for a name counterfactual")
+    cand = pool[np.argsort(rng.random((len(spec), len(pool))), axis=1)[:, :4]]
+    ok = ~(cand[:, :, None] == used[:, None, :]).any(-1)
+    new = cand[np.arange(len(spec)), ok.argmax(1)]
+    if attribute == "io":
+        out["io"] = new
+    else:
+        same = spec["s1"] == spec["s"]
+        out["s"] = new
+        out.loc[same, "s1"] = new[same.to_numpy()]
+    return out
+
+
+@dataclass(frozen=True)
+class IOIBatch:
+    """IOI prompts rendered for one tokenizer: tokens, answers and semantic positions."""
+
+    spec: pd.DataFrame
+    """One row per prompt (see the module docstring)."""
+    texts: list[str]
+    """The prompts as text (ending just before the IO name)."""
+    tokens: Int[Tensor, "batch pos"]
+    """BOS-prefixed token ids, right-padded."""
+    io_ids: Int[Tensor, " batch"]
+    """Token id of ``" " + IO``, the correct answer."""
+    s_ids: Int[Tensor, " batch"]
+    """Token id of ``" " + S``, the subject."""
+    positions: dict[str, Int[Tensor, " batch"]]
+    """Per-prompt index of each semantic position in :data:`POSITIONS`."""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def to(self, device) -> "IOIBatch":
+        """A copy with the tensors on ``device``."""
+        return IOIBatch(
+            self.spec,
+            self.texts,
+            self.tokens.to(device),
+            self.io_ids.to(device),
+            self.s_ids.to(device),
+            {k: v.to(device) for k, v in self.positions.items()},
+        )
+
+    def __getitem__(self, idx) -> "IOIBatch":
+        """Select prompts by a slice, an index array or a boolean mask."""
+        if isinstance(idx, slice):
+            rows = np.arange(len(self))[idx]
+        else:
+            rows = np.arange(len(self))[np.asarray(idx)]
+        t = torch.as_tensor(rows, dtype=torch.long)
+        return IOIBatch(
+            self.spec.iloc[rows].reset_index(drop=True),
+            [self.texts[i] for i in rows],
+            self.tokens[t],
+            self.io_ids[t],
+            self.s_ids[t],
+            {k: v[t] for k, v in self.positions.items()},
+        )
+
+
+def _fill(spec: pd.DataFrame) -> list[str]:
+    first_io = spec["pattern"].to_numpy() == "ABB"
+    n1 = np.where(first_io, spec["io"], spec["s1"])
+    n2 = np.where(first_io, spec["s1"], spec["io"])
+    return [
+        t.format(N1=a, N2=b, S=s, PLACE=p, OBJECT=o)
+        for t, a, b, s, p, o in zip(spec["template"], n1, n2, spec["s"], spec["place"], spec["object"])
+    ]
+
+
+def _name_ids(tok, names: Sequence[str]) -> Tensor:
+    uniq = sorted(set(names))
+    check_single_tokens(tok, uniq, kind="name")
+    ids = tok([" " + w for w in uniq], add_special_tokens=False)["input_ids"]
+    lookup = {w: i[0] for w, i in zip(uniq, ids)}
+    return torch.tensor([lookup[w] for w in names], dtype=torch.long)
+
+
+def render(model, spec: pd.DataFrame, *, equal_length: bool = False) -> IOIBatch:
+    """Tokenize a spec with ``model``'s tokenizer and locate the semantic positions.
+
+    Args:
+        model: a TransformerLens model (``to_tokens`` and ``tokenizer`` are used).
+        spec: prompt specs (:func:`sample_spec` and friends).
+        equal_length: raise if prompts tokenize to different lengths (Makelov et al. batch
+            without padding and require this).
+
+    Raises:
+        MultiTokenWordError: a name is not a single token for this tokenizer.
+    """
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("the model has no tokenizer; IOI prompts need one (see load_model)")
+    texts = _fill(spec)
+    io_ids = _name_ids(tok, list(spec["io"]))
+    s_ids = _name_ids(tok, list(spec["s"]))
+    s1_ids = _name_ids(tok, list(spec["s1"]))
+    tokens = model.to_tokens(texts, prepend_bos=True, padding_side="right").cpu()
+    pad = tok.pad_token_id
+    # Lengths from the tokenizer itself (pad may equal BOS, so count real tokens).
+    lengths = torch.tensor(
+        [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]], dtype=torch.long
+    ) + (tokens[:, 0] == tok.bos_token_id).long()
+    if equal_length and lengths.unique().numel() > 1:
+        raise ValueError(
+            f"prompts have different token lengths {sorted(lengths.unique().tolist())}; "
+            "use single-token names, places and objects"
+        )
+    ar = torch.arange(tokens.shape[1])
+    valid = ar[None, :] < lengths[:, None]
+
+    def first(ids):
+        hit = (tokens == ids[:, None]) & valid
+        return torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(ids, -1))
+
+    def last(ids):
+        hit = (tokens == ids[:, None]) & valid
+        idx = torch.where(hit, ar[None, :], torch.full_like(tokens, -1))
+        return idx.max(1).values
+
+    positions = {"IO": first(io_ids), "S1": first(s1_ids), "S2": last(s_ids), "END": lengths - 1}
+    positions["S1+1"] = positions["S1"] + 1
+    missing = [k for k, v in positions.items() if (v < 0).any()]
+    if missing:
+        raise ValueError(f"could not locate positions {missing} in some prompts")
+    del pad
+    return IOIBatch(spec.reset_index(drop=True), texts, tokens, io_ids, s_ids,
+                    {k: positions[k] for k in POSITIONS})
+
+
+def end_logits(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, "batch vocab"]:
+    """Logits at each prompt's END position."""
+    end = batch.positions["END"].to(logits.device)
+    return logits[torch.arange(logits.shape[0], device=logits.device), end]
+
+
+def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:
+    """Logit difference ``logit(IO) - logit(S)`` at END, per prompt."""
+    e = end_logits(logits, batch)
+    io, s = batch.io_ids.to(e.device), batch.s_ids.to(e.device)
+    return e.gather(1, io[:, None])[:, 0] - e.gather(1, s[:, None])[:, 0]
+
+
+def accuracy(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:
+    """1.0 where ``logit(IO) > logit(S)`` at END, else 0.0 (per prompt)."""
+    return (logit_diff(logits, batch) > 0).float()
+
+
+def io_probability(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:
+    """Softmax probability of the IO token at END, per prompt."""
+    p = end_logits(logits, batch).float().softmax(-1)
+    return p.gather(1, batch.io_ids.to(p.device)[:, None])[:, 0]
+
+
+def normalized_score(
+    value: Tensor | float, *, clean: Tensor | float, corrupted: Tensor | float
+) -> Tensor:
+    """``(value - corrupted) / (clean - corrupted)``: 1 at the clean run, 0 at the corrupted."""
+    value, clean, corrupted = (torch.as_tensor(x, dtype=torch.float32) for x in (value, clean, corrupted))
+    return (value - corrupted) / (clean - corrupted)

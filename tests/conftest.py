@@ -1,0 +1,52 @@
+"""Shared fixtures: a small random model built from a config, and the bundled model."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from transformer_lens import HookedTransformerConfig  # noqa: E402
+
+from saetools.models.loading import build_model, load_model  # noqa: E402
+
+
+def tiny_random_config(**overrides) -> HookedTransformerConfig:
+    kw = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=1041,
+              act_fn="gelu_new", normalization_type="LN")
+    kw.update(overrides)
+    return HookedTransformerConfig(**kw)
+
+
+@pytest.fixture
+def random_model():
+    """A 2-layer random model with the bundled tokenizer (seeded, no download)."""
+    from saetools.models.loading import bundled_model_dir
+    from saetools.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(bundled_model_dir("tiny-ioi"))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(tiny_random_config(d_vocab=len(tok)), tok)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def _bundled():
+    return load_model("tiny-ioi", device="cpu")
+
+
+@pytest.fixture
+def bundled_model(_bundled):
+    """The bundled tiny-ioi model; a deep copy, so tests cannot contaminate each other."""
+    return copy.deepcopy(_bundled)
+
+
+@pytest.fixture(scope="session")
+def bundled_model_shared(_bundled):
+    """The bundled model shared read-only across tests (for expensive evaluations)."""
+    return _bundled

@@ -1,0 +1,80 @@
+import time
+
+import pytest
+import torch
+from sae_lens import HookedSAETransformer
+
+import saetools
+from saetools.data import load_words
+from saetools.models import loading
+from saetools.models.tokenizer import non_single_token_words
+
+
+def test_bundled_model_loads_in_eval_mode(bundled_model):
+    assert isinstance(bundled_model, HookedSAETransformer)
+    assert not bundled_model.training
+    cfg = bundled_model.cfg
+    assert (cfg.normalization_type, cfg.positional_embedding_type, cfg.act_fn) == ("LN", "standard", "gelu_new")
+
+
+def test_bundled_tokenizer_behaves_like_gpt2(bundled_model):
+    toks = bundled_model.to_str_tokens("Then, Mary and John went to the store.")
+    assert toks[0] == "<|endoftext|>"
+    assert toks[1:6] == ["Then", ",", " Mary", " and", " John"]
+    ids = bundled_model.to_tokens("Mary", prepend_bos=False)
+    assert ids.shape == (1, 1)
+    words = load_words("names") + load_words("places") + load_words("objects")
+    assert non_single_token_words(bundled_model.tokenizer, words) == []
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="tiny-ioi"):
+        saetools.load_model("gpt-17")
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        saetools.load_model(str(tmp_path))
+
+
+def test_gpt2_offline_fails_fast_naming_the_bundled_model(monkeypatch, tmp_path):
+    # An endpoint that refuses connections and an empty cache: the "no hub" situation.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(loading, "_is_cached", lambda repo: False)
+    t0 = time.perf_counter()
+    with pytest.raises(loading.ModelUnavailableError, match="tiny-ioi"):
+        saetools.load_model("gpt2")
+    assert time.perf_counter() - t0 < 10.0
+
+
+def test_gpt2_offline_mode_fails_fast(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(loading, "_is_cached", lambda repo: False)
+    with pytest.raises(loading.ModelUnavailableError, match="gpt2-small|gpt2"):
+        saetools.load_model("gpt2-small")
+
+
+def test_save_and_load_roundtrip(tmp_path, random_model):
+    random_model.tokenizer.save_pretrained(tmp_path)
+    loading.save_model(random_model, tmp_path)
+    again = saetools.load_model(str(tmp_path))
+    tokens = random_model.to_tokens("Then, Mary and John")
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens), random_model(tokens), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_random_gpt2_small_has_gpt2_shapes_and_hooks():
+    model = loading.random_gpt2_small()
+    tokens = torch.randint(0, 50257, (2, 7))
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in {
+            "blocks.9.attn.hook_z", "blocks.11.hook_resid_post", "blocks.0.attn.hook_pattern"})
+    assert logits.shape == (2, 7, 50257)
+    assert cache["blocks.9.attn.hook_z"].shape == (2, 7, 12, 64)
+    assert cache["blocks.11.hook_resid_post"].shape == (2, 7, 768)
+    assert cache["blocks.0.attn.hook_pattern"].shape == (2, 12, 7, 7)
+    assert sum(p.numel() for p in model.parameters()) > 160_000_000

@@ -1,0 +1,65 @@
+import socket
+
+import nbformat
+import pytest
+import torch
+
+from saetools import cli
+from saetools.widgets import attention_heads_html, table_html
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_attention_html_is_offline_and_contains_tokens(no_network):
+    pattern = torch.softmax(torch.randn(2, 3, 3), -1)
+    html = attention_heads_html(["<|endoftext|>", " Mary", " John"], pattern, ["L0H0", "L0H1"])
+    text = html._repr_html_()
+    assert "Mary" in text and "unpkg.com" not in text and len(text) > 1000
+
+
+def test_attention_html_checks_shapes():
+    with pytest.raises(ValueError, match=r"\[head, 2, 2\]"):
+        attention_heads_html(["a", "b"], torch.ones(1, 3, 3))
+
+
+def test_table_html():
+    import pandas as pd
+
+    assert "<table" in table_html(pd.DataFrame({"a": [1.0]})).html
+
+
+def _notebook(path, code):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('model_name = "x"\nprofile = "y"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_reproduce_reports_and_fails_on_a_failing_notebook(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "a_ok.ipynb", "assert model_name == 'tiny-ioi' and profile == 'smoke'")
+    _notebook(nbs / "b_bad.ipynb", "assert False, 'own check failed'")
+    out = tmp_path / "out"
+    code = cli.main(["reproduce", "--notebooks", str(nbs), "--out", str(out)])
+    assert code == 1
+    index = (out / "index.html").read_text()
+    assert "a_ok.html" in index and "b_bad.html" in index and "FAILED" in index
+    assert (out / "a_ok.ipynb").exists() and (out / "a_ok.html").exists()
+    printed = capsys.readouterr().out
+    assert "index.html" in printed and "own check failed" in printed
+    assert cli.main(["reproduce", "--notebooks", str(nbs), "--out", str(out), "--only", "a_ok"]) == 0
+
+
+def test_reproduce_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--notebooks"):
+        cli.main(["reproduce", "--notebooks", str(tmp_path / "nope"), "--out", str(tmp_path)])
