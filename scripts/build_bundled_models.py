@@ -38,7 +38,7 @@ def evaluate(model) -> dict:
     ref = ioi.render(model, ablation.abc_counterpart(spec, seed=1, names=heldout_names()))
     sweep = ablation.head_ablation_sweep(model, batch, method="mean", reference=ref)
     reps = ablation.head_z_replacements(model, batch, method="mean", reference=ref)
-    top = [(int(layer), int(head)) for layer, head in zip(sweep.layer[:TOP_K_HEADS], sweep.head[:TOP_K_HEADS])]
+    top = [(int(layer), int(head)) for layer, head in zip(sweep["layer"][:TOP_K_HEADS], sweep["head"][:TOP_K_HEADS])]
     ld_top = ioi.logit_diff(ablation.run_with_head_ablation(model, batch, top, replacements=reps), batch)
     # Also on the training-distribution templates, for comparison.
     train_spec = ioi.wang_spec(N_EVAL, seed=EVAL_SEED, names=[n for n in ioi.load_words("names")
@@ -73,7 +73,8 @@ without downloads. Load it with `saetools.load_model("tiny-ioi")`.
 ## Architecture
 TransformerLens `HookedTransformerConfig`: {n_layers} layers, d_model {d_model}, {n_heads} heads
 of d_head {d_head}, d_mlp {d_mlp}, n_ctx {n_ctx}, vocabulary {d_vocab}; LayerNorm, learned
-absolute positions, GELU (`gelu_new`) MLP, untied embedding and unembedding -- GPT-2's
+absolute positions, GELU (`gelu_new`) MLP, and, as in GPT-2, the unembedding tied to the
+embedding during training (`W_U = W_E.T`; stored as TransformerLens's two matrices) -- GPT-2's
 architecture at a smaller size. {n_params:,} parameters, stored in float32 safetensors.
 
 Tokenizer: byte-level BPE with GPT-2's pre-tokenisation, trained on the corpus below;
@@ -82,21 +83,32 @@ Tokenizer: byte-level BPE with GPT-2's pre-tokenisation, trained on the corpus b
 `saetools/data/*.txt` is a single token with its leading space.
 
 ## Corpus (`saetools/models/corpus.py`)
-Documents packed into {n_ctx}-token rows that start with BOS: IOI sentences (45%) from
+Documents packed into {n_ctx}-token rows that start with BOS: IOI sentences ({mix[ioi]:.0%}) from
 {n_templates} compositional templates plus the non-held-out Wang et al. (2022) templates, ABC
-sentences with three distinct names (10%), small-grammar sentences (20%) and copying sequences
-(a random word list and its repeat, 25%).
+sentences with three distinct names ({mix[abc]:.0%}), single-name recall sentences over every
+name ({mix[recall]:.0%}; "Today, Mary went to the park. The ring was given to Mary."),
+small-grammar sentences ({mix[grammar]:.0%}) and copying sequences (a random word list and its
+repeat, {mix[copying]:.0%}).
+
+Why recall sentences and tied embeddings: earlier models
+trained without them solved held-out templates with training names but not held-out names --
+their IOI circuit had learned to copy only the names it saw in IOI sentences (the closing note
+of issue 2 gives the numbers of each attempt). The ", and afterwards {{S}} ..." construction was
+added to the compositional templates after a model failed mostly on the one held-out template
+built on it; the held-out template strings themselves still never occur. Recall sentences train copying a
+name from context for every name, without showing held-out names in any IOI sentence.
 
 Held out for evaluation: the template strings {heldout_templates_desc}, which never occur in the
-corpus, and {n_heldout_names} names (every 4th of `names.txt`), which never occur in an IOI or
-ABC training sentence (they occur in grammar and copying sentences, so their embeddings are
-trained).
+corpus, and {n_heldout_names} names (every 4th of `names.txt`), which never occur in an IOI
+or ABC training sentence, so choosing between two first-clause names -- the IOI task itself --
+is never trained on them. They do occur in recall, grammar and copying sentences, so their
+embeddings and copying are trained.
 
 ## Training
 `python scripts/build_bundled_models.py` (equivalently `python -m saetools.models.train_tiny
 --out DIR` followed by this script's evaluation): seed {seed}, {steps} AdamW steps of
 {batch_size} x {n_ctx} tokens, peak learning rate {lr}, warm-up {warmup} steps, cosine decay to
-10%, weight decay {weight_decay}. Training took {train_minutes:.1f} minutes on a 2-core CPU.
+10%, weight decay {weight_decay} on matrices. Training took {train_minutes:.1f} minutes on a 2-core CPU.
 
 ## Measured ({n_eval} IOI prompts from held-out templates and held-out names, seed {eval_seed})
 | metric | value |
@@ -107,6 +119,9 @@ trained).
 | top {k} heads of a single-head mean-ablation sweep | {top_heads} |
 | mean logit difference with those {k} heads mean-ablated together | {ld_top:.2f} ({frac_top:.0%} lower) |
 
+Against issue 2's targets (accuracy >= 0.95, mean logit difference >= 3, the top heads' ablation
+removing >= half of it): {targets}.
+
 Mean ablation replaces a head's output by its mean over the ABC distribution, per template and
 position (Wang et al. 2022). `tests/test_bundled_model_metrics.py` re-measures these claims.
 """
@@ -116,11 +131,18 @@ def write_card(model_dir: Path, metrics: dict, log: dict) -> None:
     cfg = json.loads((model_dir / "config.json").read_text())
     tc = log["config"]
     n_params = sum(t.numel() for t in load_model(str(model_dir)).state_dict().values())
-    from saetools.models.corpus import training_templates
+    from saetools.models.corpus import KINDS, CorpusConfig, training_templates
+
+    mix = dict(zip(KINDS, CorpusConfig().probabilities))
 
     held = metrics["head_ablation"]
+    h = metrics["heldout"]
+    checks = [("accuracy", h["accuracy"] >= 0.95), ("logit difference", h["logit_diff"] >= 3),
+              ("head ablation", held["frac_drop_top"] >= 0.5)]
+    targets = "; ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in checks)
     card = CARD.format(
-        **cfg, n_params=n_params, n_templates=len(training_templates()),
+        targets=targets,
+        **cfg, n_params=n_params, mix=mix, n_templates=len(training_templates()),
         heldout_templates_desc="; ".join(f"\"{t}\"" for t in heldout_templates()[:2]) + f" and {len(heldout_templates()) - 2} more (see `data/ioi_templates.json`)",
         n_heldout_names=len(heldout_names()), seed=tc["seed"], steps=tc["steps"],
         batch_size=tc["batch_size"], lr=tc["lr"], warmup=tc["warmup"], weight_decay=tc["weight_decay"],

@@ -1,5 +1,10 @@
 from saetools.data import heldout_names, heldout_templates, ioi_template_data, load_words
-from saetools.models.corpus import CorpusConfig, generate_documents, training_templates
+from saetools.models.corpus import (
+    CorpusConfig,
+    generate_documents,
+    generate_labelled_documents,
+    training_templates,
+)
 
 import pytest
 
@@ -22,16 +27,13 @@ def test_heldout_templates_never_in_training():
     assert len(train) > 1000
 
 
-def test_heldout_names_never_in_ioi_training_sentences():
+def test_heldout_names_never_in_ioi_or_abc_training_sentences():
     held = set(heldout_names())
-    docs = generate_documents(3000, seed=0)
-    ioi_docs = [d for d in docs if not d.startswith("List:") and " and " in d and " to " in d]
-    assert len(ioi_docs) > 500
-    for d in ioi_docs:
-        words = set(d.replace(".", " ").replace(",", " ").split())
-        # grammar sentences may contain held-out names but never end with "to <name>."
-        if d.rstrip(".").split()[-2] == "to":
-            assert not (words & held), d
+    docs = generate_labelled_documents(4000, seed=0)
+    ioi_docs = [text for kind, text in docs if kind in ("ioi", "abc")]
+    assert len(ioi_docs) > 1000
+    for text in ioi_docs:
+        assert not (set(text.replace(".", " ").replace(",", " ").split()) & held), text
 
 
 def test_heldout_names_do_occur_elsewhere_in_the_corpus():

@@ -78,3 +78,28 @@ def test_random_gpt2_small_has_gpt2_shapes_and_hooks():
     assert cache["blocks.11.hook_resid_post"].shape == (2, 7, 768)
     assert cache["blocks.0.attn.hook_pattern"].shape == (2, 12, 7, 7)
     assert sum(p.numel() for p in model.parameters()) > 160_000_000
+
+
+def test_bundled_model_unembedding_is_tied_like_gpt2(bundled_model):
+    torch.testing.assert_close(bundled_model.W_U, bundled_model.W_E.T, atol=0, rtol=0)
+
+
+def test_tied_training_keeps_w_u_equal_to_w_e_transposed(tmp_path):
+    from saetools.models.train_tiny import TrainConfig, train_tiny_ioi
+
+    cfg = TrainConfig(steps=3, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2)
+    train_tiny_ioi(cfg, tmp_path, eval_every=0)
+    model = saetools.load_model(str(tmp_path))
+    torch.testing.assert_close(model.W_U, model.W_E.T, atol=0, rtol=0)
+
+
+def test_training_is_deterministic_in_its_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from saetools.models.train_tiny import TrainConfig, train_tiny_ioi
+
+    cfg = TrainConfig(steps=4, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2)
+    for run in ("a", "b"):
+        train_tiny_ioi(cfg, tmp_path / run, eval_every=0)
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,7 +7,13 @@ Four seeded document generators, mixed by :class:`CorpusConfig`:
   Wang et al. templates that are not held out;
 * **ABC** sentences: the same templates with a third, distinct name as the subject; the answer
   is one of the first two names at random, so the model learns "a first-clause name that is not
-  the subject" rather than a surface statistic;
+  the subject" rather than a surface statistic. ABC sentences use only training names: with
+  held-out names appearing *only* in ABC sentences (whose answer is a coin flip), a model
+  learns that those names make the answer 50/50 and fails IOI on them;
+* **recall** sentences with a single name that is later copied after "to"
+  (``"Today, Mary went to the park. The ring was given to Mary."``), over every name including
+  held-out ones: not IOI (there is no second name to choose from), but it trains the model to
+  copy *any* name from context, so the IOI circuit's copying is not specific to training names;
 * **grammar** sentences from a small grammar over the same vocabulary (every name, including
   held-out ones, so their embeddings are trained);
 * **copying** sequences: a random word list followed by its repeat, so that induction and
@@ -15,7 +21,8 @@ Four seeded document generators, mixed by :class:`CorpusConfig`:
 
 Held out for evaluation (see :func:`saetools.data.heldout_templates` /
 :func:`saetools.data.heldout_names`): some template strings never occur, and some names never
-occur in an IOI or ABC sentence.
+occur in an IOI or ABC sentence, so choosing between two first-clause names -- the IOI
+task itself -- is never trained on them.
 """
 
 from __future__ import annotations
@@ -28,8 +35,12 @@ import numpy as np
 
 from saetools.data import heldout_names, heldout_templates, ioi_template_data, load_words
 
+KINDS: tuple[str, ...] = ("ioi", "abc", "recall", "grammar", "copying")
+
 __all__ = [
+    "KINDS",
     "CorpusConfig",
+    "generate_labelled_documents",
     "training_templates",
     "fill_template",
     "generate_documents",
@@ -41,25 +52,27 @@ __all__ = [
 class CorpusConfig:
     """Mixture weights of the document generators (normalised to sum to 1)."""
 
-    ioi: float = 0.45
+    ioi: float = 0.40
     """Weight of IOI sentences (names A, B, B)."""
     abc: float = 0.10
     """Weight of ABC sentences (three distinct names)."""
-    grammar: float = 0.20
+    recall: float = 0.20
+    """Weight of single-name recall sentences (every name, held-out ones included)."""
+    grammar: float = 0.10
     """Weight of small-grammar sentences."""
-    copying: float = 0.25
+    copying: float = 0.20
     """Weight of repeated word lists."""
 
     def __post_init__(self) -> None:
-        for field in ("ioi", "abc", "grammar", "copying"):
+        for field in KINDS:
             if getattr(self, field) < 0:
                 raise ValueError(f"CorpusConfig.{field} must be >= 0")
-        if self.ioi + self.abc + self.grammar + self.copying <= 0:
+        if sum(getattr(self, f) for f in KINDS) <= 0:
             raise ValueError("CorpusConfig weights must not all be zero")
 
     @property
     def probabilities(self) -> np.ndarray:
-        w = np.array([self.ioi, self.abc, self.grammar, self.copying], dtype=float)
+        w = np.array([getattr(self, f) for f in KINDS], dtype=float)
         return w / w.sum()
 
 
@@ -74,6 +87,10 @@ def training_templates() -> tuple[str, ...]:
         pieces["openers"], pieces["activities"], pieces["leads"], pieces["actions"]
     ):
         out.append(f"{opener} {{N1}} and {{N2}} {activity}. {lead}{{S}} {action}")
+    for opener, activity, action in itertools.product(
+        pieces["openers"], pieces["activities"], pieces["actions"]
+    ):
+        out.append(f"{opener} {{N1}} and {{N2}} {activity}, and afterwards {{S}} {action}")
     for conj, activity, action in itertools.product(
         pieces["conjunctions"], pieces["activities"], pieces["actions"]
     ):
@@ -140,6 +157,23 @@ def _grammar(rng: np.random.Generator, names, places, objects, openers) -> str:
     )
 
 
+_RECALL = (
+    "{OPENER} {NAME} went to the {PLACE}. The {OBJECT} was given to {NAME}.",
+    "{OPENER} {NAME} had a {OBJECT}. Everyone said hello to {NAME}.",
+    "{OPENER} {NAME} was at the {PLACE}. Then a {OBJECT} was sent to {NAME}.",
+    "{OPENER} {NAME} found a {OBJECT}. The {PLACE} gave it back to {NAME}.",
+)
+
+
+def _recall(rng: np.random.Generator, names, places, objects, openers) -> str:
+    return _RECALL[rng.integers(len(_RECALL))].format(
+        OPENER=openers[rng.integers(len(openers))],
+        NAME=names[rng.integers(len(names))],
+        PLACE=places[rng.integers(len(places))],
+        OBJECT=objects[rng.integers(len(objects))],
+    )
+
+
 def _copying(rng: np.random.Generator, vocab) -> str:
     length = int(rng.integers(4, 12))
     words = [vocab[i] for i in rng.choice(len(vocab), size=length, replace=False)]
@@ -147,8 +181,10 @@ def _copying(rng: np.random.Generator, vocab) -> str:
     return f"List: {span}. Again: {span}."
 
 
-def generate_documents(n: int, *, seed: int, config: CorpusConfig | None = None) -> list[str]:
-    """Generate ``n`` documents of the training mixture, deterministically from ``seed``."""
+def generate_labelled_documents(
+    n: int, *, seed: int, config: CorpusConfig | None = None
+) -> list[tuple[str, str]]:
+    """``n`` documents of the training mixture as ``(kind, text)``, deterministic in ``seed``."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     config = config or CorpusConfig()
@@ -160,18 +196,20 @@ def generate_documents(n: int, *, seed: int, config: CorpusConfig | None = None)
     templates = training_templates()
     openers = tuple(ioi_template_data()["corpus_pieces"]["openers"]) + ("The day after,",)
     vocab = names + places + objects
-    kinds = rng.choice(4, size=n, p=config.probabilities)
-    docs = []
-    for kind in kinds:
-        if kind == 0:
-            docs.append(_ioi_or_abc(rng, templates, ioi_names, places, objects, abc=False))
-        elif kind == 1:
-            docs.append(_ioi_or_abc(rng, templates, ioi_names, places, objects, abc=True))
-        elif kind == 2:
-            docs.append(_grammar(rng, names, places, objects, openers))
-        else:
-            docs.append(_copying(rng, vocab))
-    return docs
+    make = {
+        "ioi": lambda: _ioi_or_abc(rng, templates, ioi_names, places, objects, abc=False),
+        "abc": lambda: _ioi_or_abc(rng, templates, ioi_names, places, objects, abc=True),
+        "recall": lambda: _recall(rng, names, places, objects, openers),
+        "grammar": lambda: _grammar(rng, names, places, objects, openers),
+        "copying": lambda: _copying(rng, vocab),
+    }
+    kinds = rng.choice(len(KINDS), size=n, p=config.probabilities)
+    return [(KINDS[k], make[KINDS[k]]()) for k in kinds]
+
+
+def generate_documents(n: int, *, seed: int, config: CorpusConfig | None = None) -> list[str]:
+    """The texts of :func:`generate_labelled_documents`."""
+    return [text for _, text in generate_labelled_documents(n, seed=seed, config=config)]
 
 
 def tokenizer_training_text(*, seed: int, n_documents: int = 20_000) -> list[str]:

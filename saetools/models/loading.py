@@ -31,12 +31,12 @@ __all__ = [
     "random_gpt2_small",
 ]
 
-BUNDLED_MODELS: tuple[str, ...] = ("tiny-ioi",)
+BUNDLED_MODELS: tuple[str, ...] = ("tiny-ioi", "tiny-rotary")
 PRETRAINED_ALIASES: dict[str, str] = {"gpt2": "gpt2", "gpt2-small": "gpt2"}
 _CONFIG_FIELDS = (
     "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn",
     "normalization_type", "positional_embedding_type", "original_architecture",
-    "default_prepend_bos", "model_name", "rotary_dim", "rotary_base",
+    "default_prepend_bos", "model_name", "rotary_dim", "rotary_base", "train_seq_length",
 )
 
 

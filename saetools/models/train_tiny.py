@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from saetools.models.corpus import CorpusConfig, generate_documents, tokenizer_training_text
 from saetools.models.tokenizer import SPECIAL_TOKEN, load_tokenizer, train_tokenizer
 
-__all__ = ["TrainConfig", "pack_documents", "train_tiny_ioi"]
+__all__ = ["TrainConfig", "pack_documents", "make_optimizer", "warmup_cosine_lr", "train_step", "train_tiny_ioi"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +41,7 @@ class TrainConfig:
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
     warmup: int = 100
     """Warm-up steps."""
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
     """AdamW weight decay."""
     vocab_size: int = 2048
     """Upper bound on the BPE vocabulary (the corpus saturates it earlier)."""
@@ -51,6 +51,9 @@ class TrainConfig:
     """Residual stream width."""
     n_heads: int = 4
     """Attention heads per layer (d_head = d_model / n_heads)."""
+    tie_embeddings: bool = True
+    """Tie the unembedding to the embedding (``W_U = W_E.T``), as GPT-2 does. The saved model
+    has TransformerLens's separate ``W_E`` / ``W_U`` with ``W_U`` equal to ``W_E.T``."""
 
     def __post_init__(self) -> None:
         for field in ("steps", "batch_size", "n_ctx", "vocab_size", "n_layers", "d_model", "n_heads"):
@@ -86,6 +89,57 @@ def pack_documents(docs_ids: list[list[int]], *, n_ctx: int, bos: int) -> tuple[
     return out, mask
 
 
+def make_optimizer(model, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and norm gains are not decayed)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.98),
+    )
+
+
+def tie_unembedding(model) -> None:
+    """Tie ``W_U`` to ``W_E.T`` (GPT-2's weight tying) for training.
+
+    The ``W_U`` parameter is replaced by a transposed *view* of ``W_E``, so it follows every
+    update of ``W_E`` and gradients from the unembedding reach ``W_E``. Undo with
+    :func:`untie_unembedding` before saving.
+    """
+    model.unembed._parameters.pop("W_U", None)
+    model.unembed.W_U = model.embed.W_E.T
+
+
+def untie_unembedding(model) -> None:
+    """Turn a tied ``W_U`` back into a parameter equal to ``W_E.T`` (TransformerLens layout)."""
+    w_u = model.embed.W_E.detach().T.clone()
+    del model.unembed.W_U
+    model.unembed.W_U = torch.nn.Parameter(w_u)
+
+
+def warmup_cosine_lr(step: int, *, lr: float, warmup: int, steps: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to 10% of it at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_step(model, opt, x: torch.Tensor, m: torch.Tensor, *, lr: float) -> torch.Tensor:
+    """One optimizer step on next-token NLL; ``m[r, t]`` says whether predicting ``x[r, t+1]`` counts."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    logits = model(x, return_type="logits")
+    logp = logits[:, :-1].log_softmax(-1)
+    nll = -logp.gather(-1, x[:, 1:, None])[..., 0]
+    loss = (nll * m[:, :-1]).sum() / m[:, :-1].sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
 def train_tiny_ioi(cfg: TrainConfig, out_dir: str | Path, *, eval_every: int = 500) -> dict:
     """Train tokenizer and model, save them to ``out_dir``, return the training log."""
     from saetools.models.configs import tiny_ioi_config
@@ -114,19 +168,13 @@ def train_tiny_ioi(cfg: TrainConfig, out_dir: str | Path, *, eval_every: int = 5
         torch.manual_seed(cfg.seed)
         model = build_model(model_cfg, tokenizer)
     model.train()
+    if cfg.tie_embeddings:
+        tie_unembedding(model)
     gen = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
-    )
+    opt = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        return warmup_cosine_lr(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps)
 
     log = {"config": asdict(cfg), "n_rows": int(tokens.shape[0]), "loss": [], "eval": []}
     order = torch.randperm(tokens.shape[0], generator=gen)
@@ -135,16 +183,7 @@ def train_tiny_ioi(cfg: TrainConfig, out_dir: str | Path, *, eval_every: int = 5
         lo = (step * cfg.batch_size) % (tokens.shape[0] - cfg.batch_size)
         idx = order[lo : lo + cfg.batch_size]
         x, m = tokens[idx], mask[idx]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        logits = model(x, return_type="logits")
-        logp = logits[:, :-1].log_softmax(-1)
-        nll = -logp.gather(-1, x[:, 1:, None])[..., 0]
-        loss = (nll * m[:, :-1]).sum() / m[:, :-1].sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = train_step(model, opt, x, m, lr=lr_at(step))
         if step % 50 == 0:
             log["loss"].append((step, float(loss.detach())))
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
@@ -154,6 +193,8 @@ def train_tiny_ioi(cfg: TrainConfig, out_dir: str | Path, *, eval_every: int = 5
             bar.write(f"step {step + 1}: {log['eval'][-1]}")
             model.train()
     model.eval()
+    if cfg.tie_embeddings:
+        untie_unembedding(model)
     log["train_seconds"] = time.perf_counter() - t0
     save_model(model, out_dir)
     (out_dir / "train_log.json").write_text(json.dumps(log, indent=1))

@@ -1,0 +1,1 @@
+"""Tasks with ground truth: IOI."""
