@@ -26,7 +26,9 @@ __all__ = [
     "template_means",
     "head_z_replacements",
     "run_with_head_ablation",
+    "head_ablated_logit_diff",
     "head_ablation_sweep",
+    "head_ablation_hooks",
 ]
 
 Head = tuple[int, int]
@@ -93,12 +95,27 @@ def _hooks_for(heads: Sequence[Head], replacements: dict[int, Tensor] | None):
     ]
 
 
+def head_ablation_hooks(heads: Sequence[Head], replacements: dict[int, Tensor] | None) -> list:
+    """``(hook_name, fn)`` pairs ablating ``heads`` (apply them in a scope, e.g. ``model.hooks``)."""
+    return _hooks_for(heads, replacements)
+
+
 @torch.no_grad()
 def run_with_head_ablation(
     model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor] | None
 ) -> Tensor:
     """Logits with ``heads`` ablated (their ``z`` replaced; ``None`` = zero)."""
     return model.run_with_hooks(batch.tokens, fwd_hooks=_hooks_for(heads, replacements))
+
+
+@torch.no_grad()
+def head_ablated_logit_diff(
+    model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor] | None
+) -> Tensor:
+    """Per-prompt logit difference with ``heads`` ablated, without building full logits."""
+    resid = model.run_with_hooks(batch.tokens, fwd_hooks=_hooks_for(heads, replacements),
+                                 stop_at_layer=model.cfg.n_layers)
+    return ioi.logit_diff_from_resid(model, resid, batch)
 
 
 @torch.no_grad()
@@ -111,12 +128,12 @@ def head_ablation_sweep(
     Columns: ``layer, head, logit_diff, delta`` (ablated minus clean mean logit difference)
     and ``frac_drop = -delta / clean``; sorted by ``frac_drop`` descending.
     """
-    clean = float(ioi.logit_diff(model(batch.tokens), batch).mean())
+    clean = float(head_ablated_logit_diff(model, batch, [], replacements=None).mean())
     reps = head_z_replacements(model, batch, method=method, reference=reference, seed=seed)
     rows = []
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     for layer, head in tqdm(heads, desc="head ablation", leave=False):
-        ld = float(ioi.logit_diff(run_with_head_ablation(model, batch, [(layer, head)], replacements=reps), batch).mean())
+        ld = float(head_ablated_logit_diff(model, batch, [(layer, head)], replacements=reps).mean())
         rows.append({"layer": layer, "head": head, "logit_diff": ld, "delta": ld - clean})
     df = pd.DataFrame(rows)
     df["frac_drop"] = -df["delta"] / clean

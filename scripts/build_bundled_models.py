@@ -39,7 +39,7 @@ def evaluate(model) -> dict:
     sweep = ablation.head_ablation_sweep(model, batch, method="mean", reference=ref)
     reps = ablation.head_z_replacements(model, batch, method="mean", reference=ref)
     top = [(int(layer), int(head)) for layer, head in zip(sweep["layer"][:TOP_K_HEADS], sweep["head"][:TOP_K_HEADS])]
-    ld_top = ioi.logit_diff(ablation.run_with_head_ablation(model, batch, top, replacements=reps), batch)
+    ld_top = ablation.head_ablated_logit_diff(model, batch, top, replacements=reps)
     # Also on the training-distribution templates, for comparison.
     train_spec = ioi.wang_spec(N_EVAL, seed=EVAL_SEED, names=[n for n in ioi.load_words("names")
                                                             if n not in set(heldout_names())])

@@ -60,3 +60,13 @@ def test_unknown_hook_name_suggests_nearest(random_model):
     with pytest.raises(HookNameError, match="blocks.0.attn.hook_z"):
         with scoped_hooks(random_model, [("blocks.0.attn.hook_zz", lambda a, hook: a)]):
             pass
+
+
+def test_fast_ablated_logit_diff_matches_full_logits(random_model):
+    spec = ioi.wang_spec(12, seed=0)
+    batch = ioi.render(random_model, spec)
+    reps = ablation.head_z_replacements(random_model, batch, method="zero")
+    for heads in ([], [(0, 1), (1, 3)]):
+        full = ioi.logit_diff(ablation.run_with_head_ablation(random_model, batch, heads, replacements=reps), batch)
+        fast = ablation.head_ablated_logit_diff(random_model, batch, heads, replacements=reps)
+        torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-4)

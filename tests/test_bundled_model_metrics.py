@@ -47,7 +47,7 @@ def test_ablating_the_top_heads_halves_the_logit_difference(bundled_model_shared
     sweep = ablation.head_ablation_sweep(bundled_model_shared, batch, method="mean", reference=ref)
     reps = ablation.head_z_replacements(bundled_model_shared, batch, method="mean", reference=ref)
     top = list(zip(sweep["layer"][:3], sweep["head"][:3]))
-    ld = ioi.logit_diff(ablation.run_with_head_ablation(bundled_model_shared, batch, top, replacements=reps), batch)
+    ld = ablation.head_ablated_logit_diff(bundled_model_shared, batch, top, replacements=reps)
     assert ld.mean() <= 0.5 * sweep.attrs["clean_logit_diff"]
 
 

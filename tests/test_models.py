@@ -21,7 +21,7 @@ def test_bundled_tokenizer_behaves_like_gpt2(bundled_model):
     toks = bundled_model.to_str_tokens("Then, Mary and John went to the store.")
     assert toks[0] == "<|endoftext|>"
     assert toks[1:6] == ["Then", ",", " Mary", " and", " John"]
-    ids = bundled_model.to_tokens("Mary", prepend_bos=False)
+    ids = bundled_model.to_tokens(" Mary", prepend_bos=False)
     assert ids.shape == (1, 1)
     words = load_words("names") + load_words("places") + load_words("objects")
     assert non_single_token_words(bundled_model.tokenizer, words) == []

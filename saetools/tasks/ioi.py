@@ -44,6 +44,7 @@ __all__ = [
     "counterfactual",
     "render",
     "logit_diff",
+    "logit_diff_from_resid",
     "accuracy",
     "io_probability",
     "normalized_score",
@@ -356,6 +357,23 @@ def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Flo
     e = end_logits(logits, batch)
     io, s = batch.io_ids.to(e.device), batch.s_ids.to(e.device)
     return e.gather(1, io[:, None])[:, 0] - e.gather(1, s[:, None])[:, 0]
+
+
+def logit_diff_from_resid(model, resid_final: Float[Tensor, "batch pos d_model"], batch: IOIBatch) -> Float[Tensor, " batch"]:
+    """Logit difference at END from the final residual stream (before ``ln_final``).
+
+    Equal to ``logit_diff(model(tokens), batch)`` up to float rounding, but unembeds only the IO
+    and S columns at END instead of building ``[batch, pos, d_vocab]`` logits (2 GB for 500
+    GPT-2 prompts). Get ``resid_final`` with ``model(tokens, stop_at_layer=model.cfg.n_layers)``.
+    """
+    rows = torch.arange(resid_final.shape[0], device=resid_final.device)
+    x = resid_final[rows, batch.positions["END"].to(resid_final.device)][:, None]
+    if getattr(model, "ln_final", None) is not None and model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    x = x[:, 0]
+    io, s = batch.io_ids.to(x.device), batch.s_ids.to(x.device)
+    w = (model.W_U[:, io] - model.W_U[:, s]).T
+    return (x * w).sum(-1) + (model.b_U[io] - model.b_U[s])
 
 
 def accuracy(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:
