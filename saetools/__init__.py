@@ -2,16 +2,32 @@
 
 A thin layer over TransformerLens hooks and sae-lens v6. The public surface is small:
 
-* :func:`load_model` -- GPT-2 from the hub or the bundled ``tiny-ioi`` model;
-* :mod:`saetools.tasks.ioi` -- IOI prompt distributions and metrics;
-* :mod:`saetools.ablation` -- head ablation (zero / mean / resample);
-* :func:`splice` -- scoped SAE splicing; :func:`train_sae` / :func:`collect_activations`;
+* :func:`load_model` -- GPT-2 from the hub, or the bundled ``tiny-ioi`` / ``tiny-rotary`` models;
+* :mod:`saetools.tasks.ioi` -- IOI prompt distributions, semantic positions, counterfactuals,
+  metrics; :mod:`saetools.ablation` -- head ablation (zero / mean over ABC / resample);
+* :mod:`saetools.patching` -- activation and path patching; :mod:`saetools.circuits` -- IOI head
+  roles, :class:`~saetools.circuits.Circuit`, faithfulness;
+* :func:`splice` -- scoped SAE splicing (error term, gradient through the error, latent
+  interventions); :func:`evaluate_saes` -- the standard SAE metrics in one table;
+  :func:`train_sae`, :func:`collect_activations`, :class:`ActivationStore` -- training on the
+  sae-lens trainer; :mod:`saetools.saes` -- saving, loading, bundled SAEs;
+* :mod:`saetools.lminfinite` -- LM-Infinite (Han et al. 2023) as scoped hooks;
 * :mod:`saetools.widgets` -- offline HTML and ipywidgets panels.
 """
 
+from saetools.evals import evaluate_saes
 from saetools.models.loading import ModelUnavailableError, load_model
 from saetools.splice import splice
+from saetools.store import ActivationStore
 from saetools.training import collect_activations, train_sae
 
-__all__ = ["load_model", "ModelUnavailableError", "splice", "train_sae", "collect_activations"]
+__all__ = [
+    "load_model",
+    "ModelUnavailableError",
+    "splice",
+    "evaluate_saes",
+    "train_sae",
+    "collect_activations",
+    "ActivationStore",
+]
 __version__ = "0.1.0"

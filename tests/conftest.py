@@ -22,6 +22,19 @@ def tiny_random_config(**overrides) -> HookedTransformerConfig:
     return HookedTransformerConfig(**kw)
 
 
+def random_standard_sae(*, d_in: int = 32, hook: str = "blocks.1.hook_resid_pre", seed: int = 0, d_sae: int = 64):
+    """A sae-lens StandardSAE with seeded random weights (large enough to change outputs)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook)))
+        for p in sae.parameters():
+            p.data.normal_(0, 0.3)
+    return sae
+
+
 @pytest.fixture
 def random_model():
     """A 2-layer random model with the bundled tokenizer (seeded, no download)."""

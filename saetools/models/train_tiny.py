@@ -69,7 +69,7 @@ def pack_documents(docs_ids: list[list[int]], *, n_ctx: int, bos: int) -> tuple[
     Returns ``(tokens, loss_mask)``, where ``loss_mask[r, t]`` says whether the prediction
     *from* position ``t`` counts (padding positions do not).
     """
-    rows, masks = [], []
+    rows: list[list[int]] = []
     row: list[int] = []
     for ids in docs_ids:
         doc = [bos] + ids
