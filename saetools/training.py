@@ -1,14 +1,19 @@
 """Collect activations and train SAEs on them with the sae-lens trainer.
 
-:func:`train_sae` hands an in-memory activation tensor to sae-lens's ``SAETrainer`` as its data
-provider (a seeded, shuffled stream of batches), so every sae-lens training architecture
-(``standard``, ``gated``, ``jumprelu``, ``topk``, ``batchtopk``, ``matryoshka_batchtopk``, and
-those registered by saetools) trains the same way.
+:func:`train_sae` hands an :class:`~saetools.store.ActivationStore` (in memory or streamed
+from disk) to sae-lens's ``SAETrainer`` as its data provider (a seeded, shuffled stream of
+batches), so every sae-lens training architecture (``standard``, ``gated``, ``jumprelu``,
+``topk``, ``batchtopk``, ``matryoshka_batchtopk``, and those registered by saetools) trains the
+same way, with sae-lens's progress bar, checkpoints and trainer state. saetools adds the
+stream position to each checkpoint so that a resumed run ends exactly where an uninterrupted
+one does.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
@@ -16,8 +21,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saetools.hooks import check_hook_names
+from saetools.store import ActivationStore
 
-__all__ = ["collect_activations", "activation_batches", "train_sae"]
+__all__ = ["ActivationStore", "activation_batches", "collect_activations", "corpus_tokens", "latest_checkpoint", "train_sae"]
+
+STATE_FILE = "saetools_stream.json"
 
 
 @torch.no_grad()
@@ -61,6 +69,24 @@ def collect_activations(
     return torch.cat(out)
 
 
+def corpus_tokens(model, n_documents: int, *, seed: int) -> tuple[Int[Tensor, "row pos"], Tensor]:
+    """Rows of the bundled corpus (:mod:`saetools.models.corpus`) packed as the model was trained.
+
+    Returns:
+        ``(tokens, keep)``: token rows ``[row, n_ctx]`` and a boolean mask that is False at
+        BOS/padding positions (pass it as ``mask=`` to :func:`collect_activations`).
+    """
+    from saetools.models.corpus import generate_documents
+    from saetools.models.train_tiny import pack_documents
+
+    if model.tokenizer is None:
+        raise ValueError("corpus_tokens needs a model with a tokenizer (e.g. load_model('tiny-ioi'))")
+    bos = model.tokenizer.bos_token_id
+    ids = model.tokenizer(generate_documents(n_documents, seed=seed), add_special_tokens=False)["input_ids"]
+    tokens, _ = pack_documents(ids, n_ctx=model.cfg.n_ctx, bos=bos)
+    return tokens, tokens != bos
+
+
 def activation_batches(
     acts: Float[Tensor, "n d"], batch_size: int, *, seed: int, device: str | torch.device = "cpu"
 ) -> Iterator[Tensor]:
@@ -74,8 +100,32 @@ def activation_batches(
             yield acts[perm[i : i + batch_size]].to(device)
 
 
+class _CountingProvider:
+    """The trainer's data provider; counts batches so a checkpoint knows where the stream is."""
+
+    def __init__(self, batches: Iterator[Tensor], consumed: int):
+        self.batches, self.consumed = batches, consumed
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Tensor:
+        batch = next(self.batches)
+        self.consumed += 1
+        return batch
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path:
+    """The checkpoint with the most training samples under ``checkpoint_dir``."""
+    found = sorted((p for p in Path(checkpoint_dir).iterdir() if (p / STATE_FILE).is_file()),
+                   key=lambda p: json.loads((p / STATE_FILE).read_text())["n_training_samples"])
+    if not found:
+        raise FileNotFoundError(f"no saetools checkpoint (with {STATE_FILE}) under {checkpoint_dir}")
+    return found[-1]
+
+
 def train_sae(
-    acts: Float[Tensor, "n d"],
+    acts: Float[Tensor, "n d"] | ActivationStore,
     cfg,
     *,
     total_samples: int,
@@ -84,47 +134,96 @@ def train_sae(
     seed: int = 0,
     lr_warm_up_steps: int = 0,
     lr_decay_steps: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    n_checkpoints: int = 0,
+    resume_from: str | Path | None = None,
+    device: str | torch.device | None = None,
+    n_batches_for_norm_estimate: int | None = None,
 ):
-    """Train a sae-lens training SAE built from ``cfg`` on ``acts`` with ``SAETrainer``.
+    """Train a sae-lens training SAE built from ``cfg`` with sae-lens's ``SAETrainer``.
+
+    Any registered training architecture works (``standard``, ``gated``, ``jumprelu``,
+    ``topk``, ``batchtopk``, ``matryoshka_batchtopk``, and saetools's ``gated_faithful``,
+    :mod:`saetools.saes.gated_faithful`). sae-lens shows a progress bar.
 
     Args:
-        acts: training activations ``[n, d_in]``.
+        acts: training activations ``[n, d_in]``, or an :class:`~saetools.store.ActivationStore`
+            (in memory or streamed from disk).
         cfg: a sae-lens ``TrainingSAEConfig`` subclass instance (its architecture picks the
             class through sae-lens's registry).
         total_samples: activations to train on (``total_samples // batch_size`` steps).
         batch_size: activations per step.
         lr: Adam learning rate.
-        seed: seeds the initialisation and the batch order.
+        seed: seeds the initialisation and the batch order (global RNG untouched).
+        lr_warm_up_steps / lr_decay_steps: sae-lens's schedule.
+        checkpoint_dir: where sae-lens writes ``n_checkpoints`` evenly spaced checkpoints
+            (weights, optimizer, schedulers, sparsity statistics; plus our stream position).
+        n_checkpoints: how many intermediate checkpoints to write.
+        resume_from: a checkpoint (or a ``checkpoint_dir``: the latest in it). The resumed run
+            ends where the uninterrupted run with the same arguments ends.
+        device: training device; default the device of ``acts`` (CPU for disk stores).
+        n_batches_for_norm_estimate: batches sae-lens reads to estimate the activation scale
+            when ``cfg.normalize_activations == "expected_average_only_in"``; default one pass
+            over the store, at most 1,000 (sae-lens's default), since re-reading the same rows
+            improves nothing.
 
     Returns:
-        The trained sae-lens ``TrainingSAE`` (usable with ``HookedSAETransformer``).
+        The trained sae-lens ``TrainingSAE`` in eval mode (usable with ``HookedSAETransformer``;
+        :func:`saetools.saes.save_sae` writes it in sae-lens's inference format).
     """
     from sae_lens import TrainingSAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    if acts.ndim != 2 or acts.shape[1] != cfg.d_in:
-        raise ValueError(f"acts must be [n, d_in={cfg.d_in}], got {tuple(acts.shape)}")
-    if not torch.isfinite(acts).all():
-        raise ValueError("acts contain NaN or inf values; check the model and hook")
+    store = acts if isinstance(acts, ActivationStore) else ActivationStore.in_memory(acts)
+    if store.d_in != cfg.d_in:
+        raise ValueError(f"acts must be [n, d_in={cfg.d_in}], got width {store.d_in}")
+    store.check_finite()
+    if device is None:
+        device = acts.device if isinstance(acts, Tensor) else "cpu"
+    device = str(device)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         sae = TrainingSAE.from_dict(cfg.to_dict())
-    device = str(acts.device)
+    steps = total_samples // batch_size
+    if n_batches_for_norm_estimate is None:
+        n_batches_for_norm_estimate = min(1000, max(1, len(store) // batch_size))
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=total_samples,
-        train_batch_size_samples=batch_size,
-        lr=lr,
-        lr_end=lr / 10,
-        lr_warm_up_steps=lr_warm_up_steps,
-        lr_decay_steps=lr_decay_steps,
-        device=device,
-        logger=LoggingConfig(log_to_wandb=False),
-        dead_feature_window=max(1, total_samples // batch_size // 4),
-        feature_sampling_window=max(1, total_samples // batch_size // 2),
+        total_training_samples=total_samples, train_batch_size_samples=batch_size, lr=lr,
+        lr_end=lr / 10, lr_warm_up_steps=lr_warm_up_steps, lr_decay_steps=lr_decay_steps,
+        device=device, logger=LoggingConfig(log_to_wandb=False),
+        dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
+        n_batches_for_norm_estimate=n_batches_for_norm_estimate,
+        n_checkpoints=n_checkpoints, checkpoint_path=None if checkpoint_dir is None else str(checkpoint_dir),
     )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae,
-                         data_provider=activation_batches(acts, batch_size, seed=seed, device=device))
+    start, state = 0, None
+    if resume_from is not None:
+        ckpt = Path(resume_from)
+        ckpt = ckpt if (ckpt / STATE_FILE).is_file() else latest_checkpoint(ckpt)
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        if state["seed"] != seed or state["batch_size"] != batch_size:
+            raise ValueError(f"checkpoint {ckpt} was written with seed={state['seed']}, batch_size="
+                             f"{state['batch_size']}; resume with the same arguments")
+        sae.load_weights_from_checkpoint(ckpt)
+        start = state["batches_consumed"]
+    provider = _CountingProvider(store.batches(batch_size, seed=seed, start=start, device=device), start)
+    trainer = None
+
+    def record_position(checkpoint_path) -> None:
+        if checkpoint_path is not None:
+            (Path(checkpoint_path) / STATE_FILE).write_text(json.dumps({
+                "seed": seed, "batch_size": batch_size, "batches_consumed": provider.consumed,
+                "n_training_samples": trainer.n_training_samples,
+                # sae-lens checkpoints before counting the step it has just taken
+                "n_training_steps": trainer.n_training_steps + 1,
+            }) + "\n")
+
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider, save_checkpoint_fn=record_position)
+    if state is not None:
+        trainer.load_trainer_state(ckpt)
+        trainer.n_training_steps = state["n_training_steps"]
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
+                                         if t >= trainer.n_training_samples]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         trained = trainer.fit()

@@ -1,6 +1,7 @@
 import pytest
 import torch
-from sae_lens import StandardSAE, StandardSAEConfig, TopKTrainingSAEConfig
+from conftest import random_standard_sae
+from sae_lens import TopKTrainingSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 import saetools
@@ -8,13 +9,8 @@ from saetools.hooks import HookNameError, attached_hook_count
 from saetools.splice import SAEShapeError
 
 
-def _sae(d_in=32, hook="blocks.1.hook_resid_pre", seed=0):
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=64, metadata=SAEMetadata(hook_name=hook)))
-        for p in sae.parameters():
-            p.data.normal_(0, 0.3)
-    return sae
+def _sae(hook="blocks.1.hook_resid_pre", seed=0, d_in=32):
+    return random_standard_sae(d_in=d_in, hook=hook, seed=seed)
 
 
 def test_error_term_leaves_logits_unchanged_and_plain_splice_changes_them(random_model):

@@ -1,0 +1,57 @@
+"""SAEs: saetools's sae-lens architectures, save/load, pretrained releases and bundled SAEs.
+
+* ``gated_faithful`` -- Gated SAE with the paper's frozen-decoder auxiliary loss
+  (:mod:`saetools.saes.gated_faithful`), registered with sae-lens on import;
+* :func:`save_sae` / :func:`load_sae` / :func:`load_pretrained_sae` (:mod:`saetools.saes.io`);
+* :func:`refit_decoder` -- the feature-suppression fix (:mod:`saetools.saes.suppression`);
+* :func:`load_bundled_sae` -- small SAEs for the bundled ``tiny-ioi`` model, with a card of
+  measured metrics (``bundled/CARD.md``, built by ``scripts/build_bundled_saes.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from saetools.saes.gated_faithful import FaithfulGatedTrainingSAEConfig
+from saetools.saes.io import PretrainedSAEUnavailableError, load_pretrained_sae, load_sae, save_sae
+from saetools.saes.suppression import refit_decoder
+
+__all__ = [
+    "FaithfulGatedTrainingSAEConfig",
+    "PretrainedSAEUnavailableError",
+    "bundled_sae_card",
+    "bundled_saes",
+    "load_bundled_sae",
+    "load_pretrained_sae",
+    "load_sae",
+    "refit_decoder",
+    "save_sae",
+]
+
+
+def _bundled_dir() -> Path:
+    return Path(str(resources.files("saetools.saes").joinpath("bundled")))
+
+
+def bundled_saes() -> list[str]:
+    """Names of the SAEs shipped with saetools (folders under ``saetools/saes/bundled``)."""
+    root = _bundled_dir()
+    return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file()) if root.is_dir() else []
+
+
+def load_bundled_sae(name: str, *, device: str = "cpu"):
+    """Load a bundled SAE by name, e.g. ``"tiny-ioi/blocks.2.hook_resid_pre/topk"`` -> see :func:`bundled_saes`."""
+    available = bundled_saes()
+    if name not in available:
+        raise ValueError(f"unknown bundled SAE {name!r}; available: {available or 'none (run scripts/build_bundled_saes.py)'}")
+    return load_sae(_bundled_dir() / name, device=device)
+
+
+def bundled_sae_card() -> dict:
+    """The measured metrics of the bundled SAEs (``bundled/card.json``)."""
+    card = _bundled_dir() / "card.json"
+    if not card.is_file():
+        raise FileNotFoundError(f"{card} is missing; run scripts/build_bundled_saes.py")
+    return json.loads(card.read_text())

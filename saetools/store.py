@@ -1,0 +1,187 @@
+"""Activation stores: SAE training data in memory or streamed from ``.npy`` shards on disk.
+
+An :class:`ActivationStore` is a list of ``[rows, d_in]`` shards: one tensor in memory, or
+memory-mapped ``.npy`` files (``np.load(mmap_mode="r")``) for runs larger than memory, so
+only the rows of the current batch are read. Batches come from a seeded index stream that
+never touches data, which makes resuming at batch ``k`` free (:meth:`ActivationStore.batches`
+with ``start=k``). With one shard the stream is a global shuffle per epoch (identical to
+:func:`saetools.training.activation_batches`); with many it shuffles the shard order and the
+rows within each shard, like sae-lens's mixing buffer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = ["ActivationStore"]
+
+
+class ActivationStore:
+    """Rows of activations ``[n, d_in]`` in one or more shards.
+
+    Build one with :meth:`in_memory`, :meth:`from_model` (``path=`` writes shards to disk)
+    or :meth:`open` (shards written earlier).
+    """
+
+    def __init__(self, shards: list, *, hook_name: str | None = None, path: Path | None = None):
+        if not shards:
+            raise ValueError("an ActivationStore needs at least one shard")
+        widths = {s.shape[1] for s in shards}
+        if len(widths) != 1:
+            raise ValueError(f"all shards must have the same width, got {sorted(widths)}")
+        self.shards, self.hook_name, self.path = shards, hook_name, path
+        self.d_in = widths.pop()
+        self.sizes = [s.shape[0] for s in shards]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __repr__(self) -> str:
+        where = f"on disk at {self.path}" if self.path else "in memory"
+        return f"ActivationStore({len(self)} x {self.d_in}, {len(self.shards)} shard(s) {where})"
+
+    @classmethod
+    def in_memory(cls, acts: Float[Tensor, "n d"], *, hook_name: str | None = None) -> ActivationStore:
+        """A one-shard store around an existing tensor (no copy)."""
+        if acts.ndim != 2:
+            raise ValueError(f"acts must be [n, d_in], got {tuple(acts.shape)}")
+        return cls([acts], hook_name=hook_name)
+
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        tokens: Int[Tensor, "batch pos"],
+        hook_name: str,
+        *,
+        path: str | Path | None = None,
+        shard_rows: int = 1 << 18,
+        batch_size: int = 64,
+        drop_bos: bool = True,
+    ) -> ActivationStore:
+        """Collect ``hook_name`` over ``tokens``; in memory, or as shards under ``path``.
+
+        Args:
+            model: a TransformerLens model.
+            tokens: prompts ``[batch, pos]`` (e.g. from the bundled corpus or IOI prompts).
+            hook_name: where to read.
+            path: a directory for ``shard_*.npy`` + ``store.json``; ``None`` keeps it in memory.
+            shard_rows: rows per shard on disk (memory needed while collecting).
+            batch_size: prompts per forward pass.
+            drop_bos: leave out position 0.
+        """
+        from saetools.training import collect_activations
+
+        if path is None:
+            return cls.in_memory(collect_activations(model, tokens, hook_name, batch_size=batch_size,
+                                                     drop_bos=drop_bos), hook_name=hook_name)
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        buf, n_buf, files = [], 0, []
+
+        def flush(rows: Tensor) -> None:
+            name = f"shard_{len(files):05d}.npy"
+            np.save(path / name, rows.numpy().astype(np.float32))
+            files.append(name)
+
+        prompts_per_shard = max(batch_size, shard_rows // max(1, tokens.shape[1] - int(drop_bos)))
+        for i in range(0, tokens.shape[0], prompts_per_shard):
+            acts = collect_activations(model, tokens[i : i + prompts_per_shard], hook_name,
+                                       batch_size=batch_size, drop_bos=drop_bos)
+            buf.append(acts)
+            n_buf += acts.shape[0]
+            while n_buf >= shard_rows:
+                allrows = torch.cat(buf)
+                flush(allrows[:shard_rows])
+                buf, n_buf = [allrows[shard_rows:]], allrows.shape[0] - shard_rows
+        if n_buf:
+            flush(torch.cat(buf))
+        (path / "store.json").write_text(json.dumps({"hook_name": hook_name, "shards": files}) + "\n")
+        return cls.open(path)
+
+    def save(self, path: str | Path, *, shard_rows: int = 1 << 18) -> ActivationStore:
+        """Write this store as ``.npy`` shards under ``path`` and return the on-disk store."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        files, k = [], 0
+        for shard in self.shards:
+            data = torch.as_tensor(np.asarray(shard)) if not isinstance(shard, Tensor) else shard
+            for i in range(0, data.shape[0], shard_rows):
+                files.append(f"shard_{k:05d}.npy")
+                np.save(path / files[-1], data[i : i + shard_rows].cpu().numpy().astype(np.float32))
+                k += 1
+        (path / "store.json").write_text(json.dumps({"hook_name": self.hook_name, "shards": files}) + "\n")
+        return ActivationStore.open(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        """Open shards written by :meth:`from_model` (memory-mapped, nothing read yet)."""
+        path = Path(path)
+        meta_file = path / "store.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{meta_file} not found; write a store with ActivationStore.from_model(..., path=)")
+        meta = json.loads(meta_file.read_text())
+        shards = [np.load(path / f, mmap_mode="r") for f in meta["shards"]]
+        return cls(shards, hook_name=meta.get("hook_name"), path=path)
+
+    def _index_stream(self, batch_size: int, seed: int) -> Iterator[list[tuple[int, Tensor]]]:
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            order = [0] if len(self.shards) == 1 else torch.randperm(len(self.shards), generator=gen).tolist()
+            pending: list[tuple[int, Tensor]] = []
+            n_pending = 0
+            for s in order:
+                pending.append((s, torch.randperm(self.sizes[s], generator=gen)))
+                n_pending += self.sizes[s]
+                while n_pending >= batch_size:
+                    batch, need = [], batch_size
+                    while need:
+                        s_, idx = pending[0]
+                        take = idx[:need]
+                        batch.append((s_, take))
+                        need -= take.numel()
+                        if take.numel() == idx.numel():
+                            pending.pop(0)
+                        else:
+                            pending[0] = (s_, idx[take.numel():])
+                    n_pending -= batch_size
+                    yield batch
+            # the remainder of an epoch (< batch_size rows) is dropped
+
+    def _rows(self, shard: int, idx: Tensor) -> Tensor:
+        data = self.shards[shard]
+        if isinstance(data, Tensor):
+            return data[idx]
+        order = np.argsort(idx.numpy(), kind="stable")  # read in file order, return in stream order
+        rows = np.empty((idx.numel(), self.d_in), dtype=np.float32)
+        rows[order] = data[idx.numpy()[order]]
+        return torch.from_numpy(rows)
+
+    def batches(self, batch_size: int, *, seed: int, start: int = 0,
+                device: str | torch.device = "cpu") -> Iterator[Tensor]:
+        """Endless stream of shuffled ``[batch_size, d_in]`` batches; ``start`` skips batches unread."""
+        if len(self) < batch_size:
+            raise ValueError(f"need at least batch_size={batch_size} activations, got {len(self)}")
+        for k, parts in enumerate(self._index_stream(batch_size, seed)):
+            if k < start:
+                continue
+            rows = [self._rows(s, idx) for s, idx in parts]
+            yield (rows[0] if len(rows) == 1 else torch.cat(rows)).to(device, torch.float32)
+
+    def check_finite(self, max_rows: int = 1 << 20) -> None:
+        """Raise ``ValueError`` if the first ``max_rows`` rows contain NaN or inf."""
+        seen = 0
+        for s, data in enumerate(self.shards):
+            rows = torch.from_numpy(np.array(data[: max_rows - seen])) if not isinstance(data, Tensor) else data[: max_rows - seen]
+            if not torch.isfinite(rows).all():
+                raise ValueError(f"acts contain NaN or inf values (shard {s}); check the model and hook")
+            seen += rows.shape[0]
+            if seen >= max_rows:
+                return
