@@ -1,0 +1,224 @@
+"""Measurements for LM-Infinite (Han et al. 2023, NOTES §6.3-6.4) on a rotary model.
+
+* :func:`per_position_nll` -- next-token NLL at every position, for a variant of the method;
+* :func:`attention_entropy` -- entropy of attention rows vs sequence length (factor 2 of §6.1);
+* :func:`passkey_accuracy` -- retrieval of a five-digit key stated ``gap`` tokens before its
+  recall, in contexts of growing length;
+* :func:`time_and_memory` -- seconds and peak CPU tensor memory of a forward pass, full attention
+  vs the lean Lambda path.
+
+Every function takes the model and integer token tensors, runs under ``torch.no_grad`` and
+returns tensors or pandas DataFrames with documented columns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from saetools.lminfinite import LMInfiniteConfig, lean_attention, lm_infinite
+
+__all__ = [
+    "VARIANTS",
+    "variant_config",
+    "applied",
+    "per_position_nll",
+    "binned_nll",
+    "attention_entropy",
+    "passkey_batch",
+    "passkey_accuracy",
+    "peak_cpu_bytes",
+    "time_and_memory",
+]
+
+VARIANTS = ("vanilla", "mask only", "cap only", "both", "n_global=0")
+"""The ablations of NOTES §6.3: no method, Lambda mask alone, distance cap alone, both, and
+both with no global branch (a pure sliding window with the cap)."""
+
+
+def variant_config(name: str, *, n_local: int, n_global: int) -> LMInfiniteConfig | None:
+    """The :class:`LMInfiniteConfig` of a named variant (``None`` for ``"vanilla"``)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {VARIANTS}")
+    if name == "vanilla":
+        return None
+    return LMInfiniteConfig(
+        n_local=n_local, n_global=0 if name == "n_global=0" else n_global,
+        use_mask=name != "cap only", use_cap=name != "mask only",
+    )
+
+
+@contextmanager
+def applied(model, cfg: LMInfiniteConfig | None, *, lean: bool = False) -> Iterator[None]:
+    """Scope in which ``model`` runs with ``cfg`` (nothing when ``None``), hooks or lean path."""
+    if cfg is None:
+        ctx = nullcontext()
+    else:
+        ctx = lean_attention(model, cfg) if lean else lm_infinite(model, cfg)
+    with ctx:
+        yield
+
+
+def _check_tokens(model, tokens: Tensor) -> None:
+    if tokens.ndim != 2 or tokens.dtype != torch.long:
+        raise ValueError(f"tokens must be a [batch, pos] long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.cfg.n_ctx={model.cfg.n_ctx} "
+                         "(TransformerLens's rotary table stops there; NOTES §0.2)")
+
+
+@torch.no_grad()
+def per_position_nll(model, tokens: Int[Tensor, "batch pos"], cfg: LMInfiniteConfig | None = None,
+                     *, lean: bool = False) -> Tensor:
+    """Mean over the batch of the NLL (nats) of token ``t + 1`` given tokens ``0..t``: ``[pos - 1]``."""
+    _check_tokens(model, tokens)
+    out = []
+    with applied(model, cfg, lean=lean):
+        for rows in _row_batches(tokens):
+            logp = model(rows, return_type="logits")[:, :-1].float().log_softmax(-1)
+            out.append(-logp.gather(-1, rows[:, 1:, None])[..., 0])
+    return torch.cat(out).mean(0)
+
+
+def _row_batches(tokens: Tensor, max_tokens: int = 4096) -> list[Tensor]:
+    """Split rows so that each forward holds at most ``max_tokens`` tokens (n x n scores!)."""
+    per = max(1, max_tokens // tokens.shape[1])
+    return list(tokens.split(per))
+
+
+def binned_nll(nll: Tensor, train_ctx: int) -> pd.DataFrame:
+    """Mean NLL in position bins ``[0.5, 1) x L, [1, 2) x L, [2, 4) x L, ...`` (L = ``train_ctx``).
+
+    Returns columns ``lo``, ``hi`` (context positions, ``hi`` exclusive), ``factor`` (``hi / L``)
+    and ``nll``; the first bin is the in-length reference.
+    """
+    rows, lo, hi = [], train_ctx // 2, train_ctx
+    while lo < len(nll):
+        rows.append({"lo": lo, "hi": min(hi, len(nll)), "factor": hi / train_ctx,
+                     "nll": float(nll[lo:hi].mean())})
+        lo, hi = hi, 2 * hi
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def attention_entropy(model, tokens: Int[Tensor, "batch pos"], lengths: Sequence[int],
+                      cfg: LMInfiniteConfig | None = None, *, last: int = 16) -> pd.DataFrame:
+    """Entropy (nats) of the attention distribution vs sequence length.
+
+    For each length ``n``, runs the prefix ``tokens[:, :n]`` and averages
+    ``H(p) = -sum_j p_j log p_j`` over the rows of the ``last`` queries, all heads and layers.
+
+    Returns columns ``length``, ``entropy``.
+    """
+    rows = []
+    for n in lengths:
+        _check_tokens(model, tokens[:, :n])
+        ents: list[Tensor] = []
+
+        def grab(pattern: Tensor, hook) -> None:
+            p = pattern[:, :, -last:].float()
+            ents.append(-(p * p.clamp_min(1e-30).log()).sum(-1).mean())
+
+        with applied(model, cfg):
+            with model.hooks(fwd_hooks=[(lambda name: name.endswith("attn.hook_pattern"), grab)]):
+                model(tokens[:, :n], return_type=None)
+        rows.append({"length": int(n), "entropy": float(torch.stack(ents).mean())})
+    return pd.DataFrame(rows)
+
+
+def passkey_batch(tokenizer, length: int, n: int, *, gap: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Passkey prompts of exactly ``length`` tokens.
+
+    Layout: ``BOS filler " The key is 48213." filler(gap tokens) " The key is 48213."``: the
+    first statement ends ``gap`` tokens before the recall starts. Returns ``(tokens, digits)``:
+    ``tokens`` ``[n, length]`` and ``digits`` ``[n, 5]``, the positions of the recalled digits.
+    """
+    from saetools.models.train_rotary import KEY_PREFIX, long_document_tokens
+
+    rng = np.random.default_rng(seed)
+    rows, digit_pos = [], []
+    for r in range(n):
+        key = str(int(rng.integers(10_000, 100_000)))
+        stmt = tokenizer(f"{KEY_PREFIX} {key}.", add_special_tokens=False)["input_ids"]
+        prefix = tokenizer(f"{KEY_PREFIX} ", add_special_tokens=False)["input_ids"]
+        n_fill = length - 1 - 2 * len(stmt)
+        if n_fill < gap:
+            raise ValueError(f"length {length} is too short for gap {gap}")
+        filler = long_document_tokens(tokenizer, n_fill + 1, seed=int(rng.integers(1 << 31)),
+                                      passkey_rate=0.0)[1:].tolist()
+        head = filler[: n_fill - gap]
+        row = [tokenizer.bos_token_id] + head + stmt + filler[n_fill - gap:] + stmt
+        start = len(row) - len(stmt) + len(prefix)
+        rows.append(row)
+        digit_pos.append(list(range(start, start + 5)))
+    return torch.tensor(rows), torch.tensor(digit_pos)
+
+
+@torch.no_grad()
+def passkey_accuracy(model, tokenizer, lengths: Sequence[int], cfg: LMInfiniteConfig | None = None,
+                     *, n: int = 20, gap: int = 24, seed: int = 0, lean: bool = False) -> pd.DataFrame:
+    """Fraction of prompts whose five recalled digits are all the model's top-1 predictions.
+
+    Teacher-forced: digit ``k`` is predicted from the prompt plus the true digits ``< k``.
+    Returns columns ``length``, ``accuracy``, ``n``.
+    """
+    rows = []
+    for length in lengths:
+        tokens, digits = passkey_batch(tokenizer, length, n, gap=gap, seed=seed + length)
+        _check_tokens(model, tokens)
+        with applied(model, cfg, lean=lean):
+            logits_argmax = torch.cat([model(r, return_type="logits").argmax(-1) for r in _row_batches(tokens)])
+        pred = logits_argmax.gather(1, digits - 1)
+        ok = (pred == tokens.gather(1, digits)).all(1)
+        rows.append({"length": int(length), "accuracy": float(ok.float().mean()), "n": n})
+    return pd.DataFrame(rows)
+
+
+def peak_cpu_bytes(fn: Callable[[], object]) -> tuple[object, int]:
+    """Run ``fn`` and return ``(result, peak)``: the high-water mark of CPU tensor bytes that
+    ``fn`` allocated, from the PyTorch profiler's allocator events (allocations minus frees,
+    in time order, relative to the start; tensors that existed before are not counted)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    cur = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return out, peak
+
+
+@torch.no_grad()
+def time_and_memory(model, lengths: Sequence[int], cfg: LMInfiniteConfig, *, seed: int = 0) -> pd.DataFrame:
+    """Wall time and peak CPU tensor memory of one forward pass (batch 1, random tokens).
+
+    Two paths per length: ``"full"`` (the unmodified model, n x n attention) and ``"lean"``
+    (:func:`~saetools.lminfinite.lean_attention` with ``cfg``). Returns columns ``path``,
+    ``length``, ``seconds``, ``peak_mb`` (see :func:`peak_cpu_bytes`).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for length in lengths:
+        tokens = torch.randint(model.cfg.d_vocab, (1, length), generator=gen)
+        _check_tokens(model, tokens)
+        for path in ("full", "lean"):
+            def fwd():
+                with applied(model, cfg if path == "lean" else None, lean=True):
+                    return model(tokens, return_type="loss")
+
+            fwd()  # warm-up: grows the rotary table once, outside the measurement
+            t0 = time.perf_counter()
+            fwd()
+            seconds = time.perf_counter() - t0
+            _, peak = peak_cpu_bytes(fwd)
+            rows.append({"path": path, "length": int(length), "seconds": seconds, "peak_mb": peak / 2**20})
+    return pd.DataFrame(rows)
