@@ -10,13 +10,15 @@ A thin layer over TransformerLens hooks and sae-lens v6. The public surface is s
 * :func:`splice` -- scoped SAE splicing (error term, gradient through the error, latent
   interventions); :func:`evaluate_saes` -- the standard SAE metrics in one table;
   :func:`train_sae`, :func:`collect_activations`, :class:`ActivationStore` -- training on the
-  sae-lens trainer; :mod:`saetools.saes` -- saving, loading, bundled SAEs;
+  sae-lens trainer; :mod:`saetools.saes` -- saving, loading; :func:`load_bundled_sae` -- small
+  SAEs trained on the bundled model, with a card of measured metrics;
 * :mod:`saetools.lminfinite` -- LM-Infinite (Han et al. 2023) as scoped hooks;
 * :mod:`saetools.widgets` -- offline HTML and ipywidgets panels.
 """
 
 from saetools.evals import evaluate_saes
 from saetools.models.loading import ModelUnavailableError, load_model
+from saetools.saes import load_bundled_sae
 from saetools.splice import splice
 from saetools.store import ActivationStore
 from saetools.training import collect_activations, train_sae
@@ -29,5 +31,6 @@ __all__ = [
     "train_sae",
     "collect_activations",
     "ActivationStore",
+    "load_bundled_sae",
 ]
 __version__ = "0.1.0"

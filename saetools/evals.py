@@ -181,19 +181,19 @@ class _Acc:
         freq = self.fired / n
         ce = {k: torch.cat(v).double().mean().item() for k, v in self.ce.items()}
         kl = {k: torch.cat(v).double().mean().item() for k, v in self.kl.items()}
-        return dict(
-            mse=s["sq_err"] / n, explained_variance=ev, fvu=1.0 - ev, l0=s["l0"] / n, l1=s["l1"] / n,
-            dead_frac=(freq == 0).double().mean().item(),
-            dense_frac=(freq > dense_threshold).double().mean().item(),
-            ce_clean=ce["clean"], ce_spliced=ce["spliced"], ce_zero_ablated=ce["zero"],
-            ce_mean_ablated=ce["mean"],
-            loss_recovered_zero=loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
-            loss_recovered_mean=loss_recovered(ce["clean"], ce["spliced"], ce["mean"]),
-            kl_spliced=kl["spliced"], kl_zero_ablated=kl["zero"],
-            kl_score=(kl["zero"] - kl["spliced"]) / kl["zero"],
-            l2_ratio=s["l2_ratio"] / n, gamma_saelens=s["sq_xhat"] / s["dot"], gamma_proj=s["dot"] / s["sq_x"],
-            n_tokens=n,
-        )
+        return {
+            "mse": s["sq_err"] / n, "explained_variance": ev, "fvu": 1.0 - ev, "l0": s["l0"] / n, "l1": s["l1"] / n,
+            "dead_frac": (freq == 0).double().mean().item(),
+            "dense_frac": (freq > dense_threshold).double().mean().item(),
+            "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
+            "ce_mean_ablated": ce["mean"],
+            "loss_recovered_zero": loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
+            "loss_recovered_mean": loss_recovered(ce["clean"], ce["spliced"], ce["mean"]),
+            "kl_spliced": kl["spliced"], "kl_zero_ablated": kl["zero"],
+            "kl_score": (kl["zero"] - kl["spliced"]) / kl["zero"],
+            "l2_ratio": s["l2_ratio"] / n, "gamma_saelens": s["sq_xhat"] / s["dot"], "gamma_proj": s["dot"] / s["sq_x"],
+            "n_tokens": n,
+        }
 
 
 def _named(saes) -> dict[str, object]:
@@ -256,6 +256,15 @@ def evaluate_saes(
         keep = _keep_mask(chunk, ignore)
         (logits, ce), cache = model.run_with_cache(chunk, names_filter=hooks, return_type="both",
                                                    loss_per_token=True)
+        clean_ce, clean_logits = ce[keep[:, :-1]].cpu(), logits[keep]
+        # the ablation baselines depend on the hook only: run them once per hook, not per SAE
+        ablated = {}
+        for hook in hooks:
+            for name, value in (("zero", torch.zeros(())), ("mean", means[hook])):
+                new_logits, new_ce = model.run_with_hooks(chunk, return_type="both", loss_per_token=True,
+                                                          fwd_hooks=[(hook, _replace_hook(value))])
+                kl = kl_div(clean_logits, new_logits[keep]).cpu() if name == "zero" else None
+                ablated[hook, name] = (new_ce[keep[:, :-1]].cpu(), kl)
         for key, sae in named.items():
             acc, hook = accs[key], sae.cfg.metadata.hook_name
             x = cache[hook][keep]
@@ -263,19 +272,14 @@ def evaluate_saes(
             with _flat_hook_z(sae):
                 f = sae.encode(x.to(sae.device))
                 acc.update(x, sae.decode(f).to(x), f.to_dense() if f.is_sparse else f)
-            runs = {"spliced": None, "zero": torch.zeros(()), "mean": means[hook]}
-            acc.ce["clean"].append(ce[keep[:, :-1]].cpu())
-            for name, value in runs.items():
-                if value is None:
-                    with splice(model, sae, exclude_special_tokens=ignore or False):
-                        new_logits, new_ce = model(chunk, return_type="both", loss_per_token=True)
-                else:
-                    new_logits, new_ce = model.run_with_hooks(
-                        chunk, return_type="both", loss_per_token=True,
-                        fwd_hooks=[(hook, _replace_hook(value))])
-                acc.ce[name].append(new_ce[keep[:, :-1]].cpu())
-                if name in acc.kl:
-                    acc.kl[name].append(kl_div(logits, new_logits)[keep].cpu())
+            with splice(model, sae, exclude_special_tokens=ignore or False):
+                new_logits, new_ce = model(chunk, return_type="both", loss_per_token=True)
+            acc.ce["clean"].append(clean_ce)
+            acc.ce["spliced"].append(new_ce[keep[:, :-1]].cpu())
+            acc.kl["spliced"].append(kl_div(clean_logits, new_logits[keep]).cpu())
+            for name in ("zero", "mean"):
+                acc.ce[name].append(ablated[hook, name][0])
+            acc.kl["zero"].append(ablated[hook, "zero"][1])
     rows = [dict(sae=k, hook_name=s.cfg.metadata.hook_name, architecture=s.cfg.architecture(),
                  d_sae=s.cfg.d_sae, **accs[k].row(dense_threshold)) for k, s in named.items()]
     cols = ["sae", "hook_name", "architecture", "d_sae", "n_tokens", *METRIC_COLUMNS]

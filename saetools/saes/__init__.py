@@ -42,7 +42,8 @@ def bundled_saes() -> list[str]:
 
 
 def load_bundled_sae(name: str, *, device: str = "cpu"):
-    """Load a bundled SAE by name, e.g. ``"tiny-ioi/blocks.2.hook_resid_pre/topk"`` -> see :func:`bundled_saes`."""
+    """Load a bundled SAE by name, e.g. ``"resid2-topk16"`` (all names: :func:`bundled_saes`; metrics:
+    ``bundled/CARD.md``)."""
     available = bundled_saes()
     if name not in available:
         raise ValueError(f"unknown bundled SAE {name!r}; available: {available or 'none (run scripts/build_bundled_saes.py)'}")

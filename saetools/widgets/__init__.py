@@ -5,5 +5,15 @@ from saetools.widgets.html import OfflineHTML, attention_heads_html, table_html
 from saetools.widgets.ioi_panel import IOIPanel, PanelBackend
 from saetools.widgets.plots import heatmap, scatter_roles
 
-__all__ = ["OfflineHTML", "attention_heads_html", "table_html", "IOIPanel", "PanelBackend",
-           "heatmap", "scatter_roles", "dashboard_html", "latent_browser", "latent_html"]
+__all__ = [
+    "IOIPanel",
+    "OfflineHTML",
+    "PanelBackend",
+    "attention_heads_html",
+    "dashboard_html",
+    "heatmap",
+    "latent_browser",
+    "latent_html",
+    "scatter_roles",
+    "table_html",
+]

@@ -1,0 +1,1 @@
+"""One module per paper reproduction: ``Config``, ``run(model, cfg) -> Result``, ``figures``, ``check``."""
