@@ -63,3 +63,10 @@ def test_reproduce_reports_and_fails_on_a_failing_notebook(tmp_path, capsys):
 def test_reproduce_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--notebooks"):
         cli.main(["reproduce", "--notebooks", str(tmp_path / "nope"), "--out", str(tmp_path)])
+
+
+def test_as_iframe_escapes_and_embeds_the_html():
+    from saetools.widgets import OfflineHTML
+
+    frame = OfflineHTML('<script>var a = "x";</script>').as_iframe(height=100)
+    assert frame.startswith("<iframe srcdoc=") and "&lt;script&gt;" in frame and "&quot;x&quot;" in frame

@@ -36,6 +36,14 @@ class OfflineHTML:
     def __str__(self) -> str:
         return self.html
 
+    def as_iframe(self, *, height: int = 400) -> str:
+        """The HTML inside an ``<iframe srcdoc>``, so its scripts run where it is inserted as
+        markup (e.g. the value of an ``ipywidgets.HTML``, which does not execute scripts)."""
+        import html as _html
+
+        return (f"<iframe srcdoc=\"{_html.escape(self.html, quote=True)}\" "
+                f"style='width:100%;height:{height}px;border:0'></iframe>")
+
     def save(self, path) -> None:
         """Write a standalone HTML file."""
         with open(path, "w", encoding="utf-8") as f:

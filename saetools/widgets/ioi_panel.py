@@ -77,7 +77,6 @@ class IOIPanel:
             ImportError: ipywidgets is not installed (use :meth:`html` instead).
         """
         import ipywidgets as w
-        from IPython.display import display
 
         b = self.backend
         all_heads = [(l, h) for l in range(b.n_layers) for h in range(b.n_heads)]
@@ -87,7 +86,9 @@ class IOIPanel:
                       layout=w.Layout(width="95%"))
         abl = w.SelectMultiple(options=options, description="ablate", rows=min(8, len(options)))
         head = w.Dropdown(options=options, value=self.heads[0], description="attention")
-        summary, preds, attn = w.HTML(), w.Output(), w.Output()
+        # HTML widgets rather than Output widgets: no captured-output messages to route, which
+        # keeps headless execution (nbclient / papermill) from waiting on a lost message.
+        summary, preds, attn = w.HTML(), w.HTML(), w.HTML()
 
         def refresh(*_):
             try:
@@ -96,12 +97,8 @@ class IOIPanel:
                 summary.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
                 return
             summary.value = _summary_html(run)
-            preds.clear_output(wait=True)
-            attn.clear_output(wait=True)
-            with preds:
-                display(table_html(run.top))
-            with attn:
-                display(self._attention(run, [head.value]))
+            preds.value = table_html(run.top).html
+            attn.value = self._attention(run, [head.value]).as_iframe(height=420)
 
         pick.observe(lambda ch: setattr(text, "value", ch["new"]), names="value")
         for control in (text, abl, head):
