@@ -23,7 +23,10 @@ from tqdm.auto import tqdm
 from saetools.hooks import check_hook_names
 from saetools.store import ActivationStore
 
-__all__ = ["ActivationStore", "activation_batches", "collect_activations", "corpus_tokens", "latest_checkpoint", "train_sae"]
+__all__ = [
+    "ActivationStore", "DatasetUnavailableError", "activation_batches", "collect_activations",
+    "corpus_tokens", "dataset_tokens", "latest_checkpoint", "train_sae",
+]
 
 STATE_FILE = "saetools_stream.json"
 
@@ -85,6 +88,63 @@ def corpus_tokens(model, n_documents: int, *, seed: int) -> tuple[Int[Tensor, "r
     ids = model.tokenizer(generate_documents(n_documents, seed=seed), add_special_tokens=False)["input_ids"]
     tokens, _ = pack_documents(ids, n_ctx=model.cfg.n_ctx, bos=bos)
     return tokens, tokens != bos
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A Hugging Face dataset cannot be loaded (no network and nothing cached)."""
+
+
+def dataset_tokens(
+    model, dataset, *, n_rows: int, context_size: int | None = None, column: str = "text",
+    split: str = "train",
+) -> Int[Tensor, "row pos"]:
+    """Token rows from a Hugging Face text dataset, packed as ``BOS + context_size - 1`` tokens.
+
+    Args:
+        model: a TransformerLens model with a tokenizer.
+        dataset: a dataset name on the hub (streamed; e.g. ``"NeelNanda/pile-10k"``) or a
+            ``datasets.Dataset`` / iterable of rows already in memory.
+        n_rows: rows to return.
+        context_size: row length (default: ``model.cfg.n_ctx``).
+        column: the text column.
+        split: split of a named dataset.
+
+    Raises:
+        DatasetUnavailableError: a named dataset with no network (within seconds; names the
+            offline token sources, :func:`corpus_tokens` and the IOI distributions).
+    """
+    from tqdm.auto import tqdm as _tqdm
+
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("dataset_tokens needs a model with a tokenizer")
+    ctx = context_size or model.cfg.n_ctx
+    if isinstance(dataset, str):
+        from saetools.models.loading import _hub_reachable
+
+        if not _hub_reachable():
+            raise DatasetUnavailableError(
+                f"cannot stream dataset {dataset!r}: the Hugging Face hub is unreachable. Offline, "
+                "use saetools.training.corpus_tokens(model, ...) (the bundled corpus) or an IOI "
+                "distribution (saetools.tasks.ioi)."
+            )
+        from datasets import load_dataset
+
+        dataset = load_dataset(dataset, split=split, streaming=True)
+    need = n_rows * (ctx - 1)
+    stream: list[int] = []
+    bar = _tqdm(total=need, desc="tokenize dataset", leave=False)
+    for row in dataset:
+        ids = tok(row[column], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        stream.extend(ids)
+        bar.update(len(ids))
+        if len(stream) >= need:
+            break
+    bar.close()
+    if len(stream) < need:
+        raise ValueError(f"the dataset holds {len(stream)} tokens; {need} needed for {n_rows} rows of {ctx}")
+    body = torch.tensor(stream[:need], dtype=torch.long).view(n_rows, ctx - 1)
+    return torch.cat([torch.full((n_rows, 1), tok.bos_token_id, dtype=torch.long), body], dim=1)
 
 
 def activation_batches(

@@ -151,3 +151,29 @@ def test_pretrained_sae_offline_is_a_clear_fast_error():
     else:
         pytest.skip("the hub is reachable or the SAE is cached here")
     assert time.perf_counter() - t0 < 30
+
+
+def test_dataset_tokens_packs_a_local_dataset(random_model):
+    from datasets import Dataset
+
+    from saetools.training import dataset_tokens
+
+    ds = Dataset.from_dict({"text": ["Then, Mary and John went to the store."] * 20})
+    rows = dataset_tokens(random_model, ds, n_rows=5, context_size=16)
+    assert rows.shape == (5, 16) and (rows[:, 0] == random_model.tokenizer.bos_token_id).all()
+    ids = random_model.tokenizer("Then, Mary and John", add_special_tokens=False)["input_ids"]
+    assert rows[0, 1 : 1 + len(ids)].tolist() == ids
+    with pytest.raises(ValueError, match="tokens"):
+        dataset_tokens(random_model, ds.select(range(1)), n_rows=5, context_size=16)
+
+
+def test_named_dataset_offline_is_a_clear_fast_error(random_model, monkeypatch):
+    import time
+
+    from saetools.training import DatasetUnavailableError, dataset_tokens
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    t0 = time.perf_counter()
+    with pytest.raises(DatasetUnavailableError, match="corpus_tokens"):
+        dataset_tokens(random_model, "NeelNanda/pile-10k", n_rows=2)
+    assert time.perf_counter() - t0 < 10
