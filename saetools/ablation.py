@@ -121,15 +121,20 @@ def head_ablated_logit_diff(
 @torch.no_grad()
 def head_ablation_sweep(
     model, batch: ioi.IOIBatch, *, method: Method = "mean", reference: ioi.IOIBatch | None = None,
-    seed: int = 0,
+    seed: int = 0, replacements: dict[int, Tensor] | None = None,
 ) -> pd.DataFrame:
     """Ablate each head alone; tidy table of the mean logit difference and its change.
+
+    Pass ``replacements`` (from :func:`head_z_replacements`) to reuse values already computed
+    for ``batch``; otherwise they are computed from ``method`` and ``reference``.
 
     Columns: ``layer, head, logit_diff, delta`` (ablated minus clean mean logit difference)
     and ``frac_drop = -delta / clean``; sorted by ``frac_drop`` descending.
     """
     clean = float(head_ablated_logit_diff(model, batch, [], replacements=None).mean())
-    reps = head_z_replacements(model, batch, method=method, reference=reference, seed=seed)
+    reps = replacements
+    if reps is None:
+        reps = head_z_replacements(model, batch, method=method, reference=reference, seed=seed)
     rows = []
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     for layer, head in tqdm(heads, desc="head ablation", leave=False):

@@ -120,9 +120,9 @@ def dataset_tokens(
         raise ValueError("dataset_tokens needs a model with a tokenizer")
     ctx = context_size or model.cfg.n_ctx
     if isinstance(dataset, str):
-        from saetools.models.loading import _hub_reachable
+        from saetools.models.loading import hub_reachable
 
-        if not _hub_reachable():
+        if not hub_reachable():
             raise DatasetUnavailableError(
                 f"cannot stream dataset {dataset!r}: the Hugging Face hub is unreachable. Offline, "
                 "use saetools.training.corpus_tokens(model, ...) (the bundled corpus) or an IOI "

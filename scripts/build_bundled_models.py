@@ -36,8 +36,8 @@ def evaluate(model) -> dict:
     logits = model(batch.tokens)
     ld = ioi.logit_diff(logits, batch)
     ref = ioi.render(model, ablation.abc_counterpart(spec, seed=1, names=heldout_names()))
-    sweep = ablation.head_ablation_sweep(model, batch, method="mean", reference=ref)
     reps = ablation.head_z_replacements(model, batch, method="mean", reference=ref)
+    sweep = ablation.head_ablation_sweep(model, batch, method="mean", replacements=reps)
     top = [(int(layer), int(head)) for layer, head in zip(sweep["layer"][:TOP_K_HEADS], sweep["head"][:TOP_K_HEADS])]
     ld_top = ablation.head_ablated_logit_diff(model, batch, top, replacements=reps)
     # Also on the training-distribution templates, for comparison.

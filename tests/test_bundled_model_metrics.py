@@ -44,8 +44,8 @@ def test_accuracy_on_heldout_templates_and_names_matches_the_card(heldout):
 def test_ablating_the_top_heads_halves_the_logit_difference(bundled_model_shared, heldout):
     spec, batch, _ = heldout
     ref = ioi.render(bundled_model_shared, ablation.abc_counterpart(spec, seed=1, names=heldout_names()))
-    sweep = ablation.head_ablation_sweep(bundled_model_shared, batch, method="mean", reference=ref)
     reps = ablation.head_z_replacements(bundled_model_shared, batch, method="mean", reference=ref)
+    sweep = ablation.head_ablation_sweep(bundled_model_shared, batch, method="mean", replacements=reps)
     top = list(zip(sweep["layer"][:3], sweep["head"][:3]))
     ld = ablation.head_ablated_logit_diff(bundled_model_shared, batch, top, replacements=reps)
     assert ld.mean() <= 0.5 * sweep.attrs["clean_logit_diff"]

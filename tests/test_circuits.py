@@ -10,7 +10,7 @@ from saetools import circuits
 from saetools.data import load_words
 from saetools.hooks import attached_hook_count
 from saetools.ioi_backend import IOIBackend
-from saetools.models.loading import _hub_reachable, _is_cached
+from saetools.models.loading import hub_reachable, is_cached
 from saetools.tasks import ioi
 from saetools.widgets import IOIPanel
 
@@ -113,7 +113,7 @@ def test_panel_backend_and_static_fallback(random_model):
 @pytest.mark.gpt2
 def test_gpt2_circuit_matches_wang_et_al():
     # Checked here, not at collection: a DNS lookup without network can take minutes.
-    if not (_is_cached("gpt2") or _hub_reachable()):
+    if not (is_cached("gpt2") or hub_reachable()):
         pytest.skip("GPT-2 weights are not cached and the Hugging Face hub is unreachable")
     import saetools
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from saetools.models.loading import _hub_reachable, _is_cached
+from saetools.models.loading import hub_reachable, is_cached
 
-GPT2_AVAILABLE = _is_cached("gpt2") or _hub_reachable()
+GPT2_AVAILABLE = is_cached("gpt2") or hub_reachable()
 pytestmark = [
     pytest.mark.gpt2,
     pytest.mark.skipif(not GPT2_AVAILABLE, reason="GPT-2 weights are not cached and the hub is unreachable"),

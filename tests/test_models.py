@@ -41,7 +41,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
 def test_gpt2_offline_fails_fast_naming_the_bundled_model(monkeypatch, tmp_path):
     # An endpoint that refuses connections and an empty cache: the "no hub" situation.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(loading, "_is_cached", lambda repo: False)
+    monkeypatch.setattr(loading, "is_cached", lambda repo: False)
     t0 = time.perf_counter()
     with pytest.raises(loading.ModelUnavailableError, match="tiny-ioi"):
         saetools.load_model("gpt2")
@@ -52,7 +52,7 @@ def test_gpt2_offline_mode_fails_fast(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(loading, "_is_cached", lambda repo: False)
+    monkeypatch.setattr(loading, "is_cached", lambda repo: False)
     with pytest.raises(loading.ModelUnavailableError, match="gpt2-small|gpt2"):
         saetools.load_model("gpt2-small")
 

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import warnings
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,6 +30,8 @@ __all__ = [
     "save_model",
     "bundled_model_dir",
     "random_gpt2_small",
+    "hub_reachable",
+    "is_cached",
 ]
 
 BUNDLED_MODELS: tuple[str, ...] = ("tiny-ioi", "tiny-rotary")
@@ -44,23 +47,20 @@ class ModelUnavailableError(RuntimeError):
     """A pretrained model cannot be loaded (no network and nothing cached)."""
 
 
+@contextmanager
 def _quiet():
     """Silence TransformerLens 3.x's deprecation warnings for HookedTransformer."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*deprecated.*", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
-    return ctx
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
+        yield
 
 
 def build_model(cfg: HookedTransformerConfig, tokenizer=None) -> HookedSAETransformer:
     """A randomly initialised ``HookedSAETransformer`` (uses the global torch RNG)."""
-    ctx = _quiet()
-    try:
+    with _quiet():
         return HookedSAETransformer(cfg, tokenizer=tokenizer)
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def save_model(model: HookedSAETransformer, out_dir: str | Path) -> None:
@@ -106,7 +106,7 @@ def _load_from_dir(path: Path, *, device, dtype) -> HookedSAETransformer:
     return model.eval()
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` s."""
     from huggingface_hub import constants
 
@@ -121,7 +121,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _is_cached(repo_id: str) -> bool:
+def is_cached(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, "config.json")
@@ -130,20 +130,17 @@ def _is_cached(repo_id: str) -> bool:
 
 def _load_pretrained(name: str, *, device, dtype) -> HookedSAETransformer:
     repo = PRETRAINED_ALIASES[name]
-    cached = _is_cached(repo)
-    if not cached and not _hub_reachable():
+    cached = is_cached(repo)
+    if not cached and not hub_reachable():
         raise ModelUnavailableError(
             f"cannot load {name!r}: the Hugging Face hub is unreachable and the weights are not "
             "in the local cache. Use the bundled model instead: saetools.load_model('tiny-ioi'), "
             "or download GPT-2 once on a machine with internet access."
         )
-    ctx = _quiet()
-    try:
-        if cached and not _hub_reachable():
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cached and not hub_reachable():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with _quiet():
         model = HookedSAETransformer.from_pretrained(repo, device=device, dtype=dtype)
-    finally:
-        ctx.__exit__(None, None, None)
     return model.eval()
 
 

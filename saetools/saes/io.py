@@ -49,7 +49,7 @@ def load_pretrained_sae(release: str, sae_id: str, *, device: str = "cpu"):
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    from saetools.models.loading import _hub_reachable
+    from saetools.models.loading import hub_reachable
 
     directory = get_pretrained_saes_directory()
     if release not in directory:
@@ -59,7 +59,7 @@ def load_pretrained_sae(release: str, sae_id: str, *, device: str = "cpu"):
     if sae_id not in ids:
         raise ValueError(f"release {release!r} has no SAE {sae_id!r}; nearest: "
                          f"{difflib.get_close_matches(sae_id, ids, n=3)}")
-    online = _hub_reachable()
+    online = hub_reachable()
     previous = hf_constants.HF_HUB_OFFLINE
     hf_constants.HF_HUB_OFFLINE = previous or not online  # cached files only, no retries
     try:

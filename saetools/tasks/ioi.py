@@ -314,8 +314,7 @@ def render(model, spec: pd.DataFrame, *, equal_length: bool = False) -> IOIBatch
     s_ids = _name_ids(tok, list(spec["s"]))
     s1_ids = _name_ids(tok, list(spec["s1"]))
     tokens = model.to_tokens(texts, prepend_bos=True, padding_side="right").cpu()
-    pad = tok.pad_token_id
-    # Lengths from the tokenizer itself (pad may equal BOS, so count real tokens).
+    # Lengths from the tokenizer itself (padding may equal BOS, so count real tokens).
     lengths = torch.tensor(
         [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]], dtype=torch.long
     ) + (tokens[:, 0] == tok.bos_token_id).long()
@@ -341,7 +340,6 @@ def render(model, spec: pd.DataFrame, *, equal_length: bool = False) -> IOIBatch
     missing = [k for k, v in positions.items() if (v < 0).any()]
     if missing:
         raise ValueError(f"could not locate positions {missing} in some prompts")
-    del pad
     return IOIBatch(spec.reset_index(drop=True), texts, tokens, io_ids, s_ids,
                     {k: positions[k] for k in POSITIONS})
 
