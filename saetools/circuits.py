@@ -31,17 +31,18 @@ from saetools.tasks import ioi
 
 __all__ = [
     "ROLES",
-    "Circuit",
     "WANG_2022_GPT2_CIRCUIT",
-    "DiscoveryConfig",
+    "Circuit",
     "Discovery",
-    "attention_scores",
-    "copying_scores",
-    "classify_heads",
-    "discover_circuit",
+    "DiscoveryConfig",
     "Faithfulness",
-    "faithfulness",
     "ablated_logit_diff",
+    "attention_scores",
+    "attribute_patching",
+    "classify_heads",
+    "copying_scores",
+    "discover_circuit",
+    "faithfulness",
 ]
 
 Head = tuple[int, int]
@@ -71,6 +72,10 @@ class Circuit:
 
     def __contains__(self, head) -> bool:
         return tuple(head) in set(self.heads)
+
+    def with_role(self, role: str, heads: Sequence[Head]) -> Circuit:
+        """A copy with ``role`` set to ``heads`` (e.g. heads found by :func:`attribute_patching`)."""
+        return Circuit(roles={**self.roles, role: tuple(tuple(h) for h in heads)}, name=self.name)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table ``role, layer, head, label`` (one row per role membership)."""
@@ -354,3 +359,40 @@ def faithfulness(
         circuit_ablated=ablated_logit_diff(model, clean, heads, reps),
         all_ablated=ablated_logit_diff(model, clean, every, reps),
     )
+
+
+@torch.no_grad()
+def attribute_patching(model, batch: ioi.IOIBatch, attribute: str, *, position: str = "END", seed: int = 0,
+                       names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Which heads carry an attribute: patch one head's ``z`` at ``position`` from the
+    counterfactual prompt that changes ``attribute`` (``"io"``, ``"s"`` or ``"pos"``,
+    :func:`saetools.tasks.ioi.counterfactual`), one head at a time, batched over prompts.
+
+    Returns:
+        One row per head: ``layer, head, changed`` (fraction of prompts whose top END prediction
+        changes), ``logit_diff`` (mean clean-answer logit difference after the patch) and
+        ``logit_diff_clean``. Heads with a large ``changed`` but no direct effect on the logits
+        carry the attribute to later components (e.g. the bundled model's IO movers).
+    """
+    names = names if names is not None else ioi.single_token_words(model, load_words("names"))
+    cf = ioi.render(model, ioi.counterfactual(batch.spec, attribute, seed=seed, names=names))
+    if cf.tokens.shape != batch.tokens.shape:
+        raise ValueError("counterfactual prompts tokenize to a different layout; use single-token words")
+    rows = torch.arange(len(batch))
+    pos, cf_pos = batch.positions[position], cf.positions[position]
+    _, cache = model.run_with_cache(cf.tokens, names_filter=lambda n: n.endswith("attn.hook_z"))
+    clean_logits = model(batch.tokens)
+    clean_end, clean_ld = ioi.end_logits(clean_logits, batch), float(ioi.logit_diff(clean_logits, batch).mean())
+    out = []
+    for layer in range(model.cfg.n_layers):
+        src = cache[f"blocks.{layer}.attn.hook_z"][rows, cf_pos]
+        for head in range(model.cfg.n_heads):
+            def hook(z, hook, head=head, src=src):
+                z[rows, pos, head] = src[:, head]
+                return z
+            logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+            end = ioi.end_logits(logits, batch)
+            out.append({"layer": layer, "head": head,
+                        "changed": float((end.argmax(-1) != clean_end.argmax(-1)).float().mean()),
+                        "logit_diff": float(ioi.logit_diff(logits, batch).mean()), "logit_diff_clean": clean_ld})
+    return pd.DataFrame(out)

@@ -1,0 +1,44 @@
+"""Supervised feature dictionaries and their evaluation (Makelov, Lange & Nanda 2024, NOTES §2).
+
+* :mod:`~saetools.dictionaries.nodes` -- nodes (an activation at a semantic position) and
+  cross-sections from a circuit;
+* :mod:`~saetools.dictionaries.supervised` -- supervised dictionaries (mean codes, least squares;
+  independent / coupled) with an SAE-like interface, and :class:`SAEDictionary` for SAEs;
+* :mod:`~saetools.dictionaries.approximation` -- sufficiency, necessity, LD recovered;
+* :mod:`~saetools.dictionaries.control` -- supervised and SAE edits, edit accuracy, weight removed;
+* :mod:`~saetools.dictionaries.interpretability` -- precision / recall / F1 of latents, grouped
+  F1, mean-max cosine;
+* :mod:`~saetools.dictionaries.ioi_saes` -- SAEs trained per node with the paper's schedule.
+"""
+
+from saetools.dictionaries.approximation import Approximation, approximation, ld_recovered
+from saetools.dictionaries.control import (
+    agreement_score,
+    edit_accuracy,
+    edit_cross_section,
+    latent_weights,
+    sae_edit_aware,
+    sae_edit_greedy,
+)
+from saetools.dictionaries.interpretability import F1Table, f1_scores, grouped_f1, mean_max_cosine
+from saetools.dictionaries.nodes import (
+    CrossSection,
+    Node,
+    circuit_nodes,
+    cross_sections,
+    node_acts,
+    run_with_nodes,
+)
+from saetools.dictionaries.supervised import (
+    SAEDictionary,
+    SupervisedDictionary,
+    attribute_values,
+    fit_supervised,
+)
+
+__all__ = [
+    "Approximation", "CrossSection", "F1Table", "Node", "SAEDictionary", "SupervisedDictionary",
+    "agreement_score", "approximation", "attribute_values", "circuit_nodes", "cross_sections", "edit_accuracy",
+    "edit_cross_section", "f1_scores", "fit_supervised", "grouped_f1", "latent_weights", "ld_recovered",
+    "mean_max_cosine", "node_acts", "run_with_nodes", "sae_edit_aware", "sae_edit_greedy",
+]

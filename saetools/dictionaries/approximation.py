@@ -1,0 +1,115 @@
+"""Approximation: sufficiency and necessity of a dictionary at a set of nodes (NOTES §2.4).
+
+With ``LD`` the mean logit difference over the evaluation prompts:
+
+* ``LD_clean``: the unmodified model;
+* ``LD_mean``: every node set to its mean over the evaluation prompts (mean ablation);
+* ``LD_recon``: every node replaced by its dictionary reconstruction ``a_hat``;
+* ``LD_nec``: every node's reconstruction removed except its mean, ``a - (a_hat - mean(a_hat))``.
+
+**Sufficiency** ``= (LD_recon - LD_mean) / (LD_clean - LD_mean)``: 1 when the reconstructions
+do everything the clean activations do, 0 when they are no better than the mean. **Necessity**
+``= (LD_clean - LD_nec) / (LD_clean - LD_mean)``: 1 when removing what the dictionary explains
+hurts as much as mean ablation. We keep the sign (Makelov et al.'s selection score takes
+absolute values, :func:`ld_recovered`), so a reconstruction that pushes the logit difference
+the wrong way scores below 0 instead of looking good.
+
+Supervised dictionaries reconstruct from the prompts' labels (a fixed tensor per node); SAEs
+reconstruct the value flowing through the node in the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from saetools.dictionaries.nodes import Node, end_logits_with_nodes, node_acts
+from saetools.dictionaries.supervised import SAEDictionary, SupervisedDictionary
+from saetools.tasks import ioi
+
+__all__ = ["Approximation", "approximation", "ld_recovered", "mean_logit_diff", "reconstruction"]
+
+
+def _ld(end: Tensor, batch: ioi.IOIBatch) -> float:
+    return float((end.gather(1, batch.io_ids[:, None]) - end.gather(1, batch.s_ids[:, None])).mean())
+
+
+def mean_logit_diff(model, batch: ioi.IOIBatch, replacements: Mapping[Node, object] | None = None) -> float:
+    """Mean logit difference with the given node replacements (none: the clean model)."""
+    return _ld(end_logits_with_nodes(model, batch, dict(replacements or {})), batch)
+
+
+def reconstruction(dictionary, x: Tensor, batch: ioi.IOIBatch) -> Tensor:
+    """A dictionary's reconstruction of the node vectors ``x`` of ``batch``'s prompts."""
+    if isinstance(dictionary, SupervisedDictionary):
+        return dictionary.reconstruct(batch.spec)
+    return dictionary.decode(dictionary.encode(x, batch.spec))
+
+
+def _in_flight(dictionary, batch: ioi.IOIBatch, x: Tensor, *, remove_mean_part: bool):
+    """The node replacement: a tensor for supervised dictionaries, a function for SAEs."""
+    if isinstance(dictionary, SupervisedDictionary):
+        rec = dictionary.reconstruct(batch.spec)
+        return x - (rec - rec.mean(0)) if remove_mean_part else rec
+    if not isinstance(dictionary, SAEDictionary):
+        raise TypeError(f"expected a SupervisedDictionary or SAEDictionary, got {type(dictionary).__name__}")
+    if not remove_mean_part:
+        return lambda v: dictionary.decode(dictionary.encode(v))
+    mean_rec = dictionary.decode(dictionary.encode(x)).mean(0)
+    return lambda v: v - (dictionary.decode(dictionary.encode(v)) - mean_rec)
+
+
+@dataclass(frozen=True)
+class Approximation:
+    """Logit differences and the two scores for one dictionary set at one node set."""
+
+    clean: float
+    mean_ablated: float
+    reconstructed: float
+    necessity_ablated: float
+    sufficiency: float
+    necessity: float
+    mse: float
+    """Mean over nodes of the mean squared error ``||a - a_hat||^2 / d``."""
+    variance_explained: float
+    """Mean over nodes of ``1 - sum ||a - a_hat||^2 / sum ||a - mean(a)||^2``."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def approximation(model, batch: ioi.IOIBatch, dictionaries: Mapping[Node, object], *,
+                  acts: Mapping[Node, Tensor] | None = None, clean_ld: float | None = None) -> Approximation:
+    """Sufficiency and necessity (module docstring) of ``dictionaries`` (node -> dictionary) on ``batch``.
+
+    Args:
+        acts: the nodes' clean vectors on ``batch`` if already computed (:func:`node_acts`).
+        clean_ld: the clean mean logit difference if already computed.
+    """
+    nodes = list(dictionaries)
+    acts = dict(acts) if acts is not None else node_acts(model, batch, nodes)
+    clean = clean_ld if clean_ld is not None else mean_logit_diff(model, batch)
+    means = {n: acts[n].mean(0, keepdim=True).expand_as(acts[n]) for n in nodes}
+    mean_ab = mean_logit_diff(model, batch, means)
+    recon = mean_logit_diff(model, batch, {n: _in_flight(d, batch, acts[n], remove_mean_part=False)
+                                           for n, d in dictionaries.items()})
+    nec = mean_logit_diff(model, batch, {n: _in_flight(d, batch, acts[n], remove_mean_part=True)
+                                         for n, d in dictionaries.items()})
+    mses, ves = [], []
+    for n, d in dictionaries.items():
+        err = (acts[n] - reconstruction(d, acts[n], batch)).pow(2)
+        mses.append(float(err.mean()))
+        ves.append(float(1 - err.sum() / (acts[n] - acts[n].mean(0)).pow(2).sum()))
+    span = clean - mean_ab
+    return Approximation(clean=clean, mean_ablated=mean_ab, reconstructed=recon, necessity_ablated=nec,
+                         sufficiency=(recon - mean_ab) / span, necessity=(clean - nec) / span,
+                         mse=sum(mses) / len(mses), variance_explained=sum(ves) / len(ves))
+
+
+def ld_recovered(result: Approximation) -> float:
+    """Makelov et al.'s SAE-selection score ``|LD_recon - LD_mean| / |LD_clean - LD_mean|``."""
+    return abs(result.reconstructed - result.mean_ablated) / abs(result.clean - result.mean_ablated)

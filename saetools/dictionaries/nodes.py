@@ -1,0 +1,232 @@
+"""Nodes: one activation at one semantic position of an IOI prompt (Makelov et al. 2024, NOTES §2.1).
+
+A :class:`Node` is a head activation (``q``, ``k``, ``v`` or ``z`` of one head, or ``z`` of all
+heads concatenated as sae-lens's attention SAEs see it) or a residual / attention / MLP output,
+read at a semantic position (IO, S1, S1+1, S2, END) that is looked up *per prompt*: positions
+differ between ABB and BAB prompts, so no fixed column is ever assumed (NOTES §2.11).
+
+Nodes come from a circuit (:func:`circuit_nodes`): each role maps to the activations Makelov et
+al. study for it, and nodes group into **cross-sections** (role x attribute) that are
+edited jointly. :func:`node_acts` reads many nodes in one forward pass; :func:`run_with_nodes`
+replaces them (with fixed values or with a function of the value flowing through) inside a
+scope that removes every hook, even after an exception.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from saetools.hooks import check_hook_names
+from saetools.tasks import ioi
+
+__all__ = [
+    "ROLE_NODES",
+    "CrossSection",
+    "Node",
+    "circuit_nodes",
+    "cross_sections",
+    "end_logits_with_nodes",
+    "node_acts",
+    "run_with_nodes",
+]
+
+Kind = Literal["q", "k", "v", "z", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+_HEAD_KINDS = ("q", "k", "v", "z")
+Replacement = Tensor | Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One activation at one semantic position, per prompt.
+
+    ``head=None`` on a ``z`` node means all heads concatenated (``n_heads * d_head``), the
+    input of sae-lens's ``hook_z`` attention SAEs; on ``q``/``k``/``v`` a head is required.
+    """
+
+    layer: int
+    kind: Kind
+    position: str
+    head: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in Kind.__args__:
+            raise ValueError(f"Node.kind must be one of {Kind.__args__}, got {self.kind!r}")
+        if self.position not in ioi.POSITIONS:
+            raise ValueError(f"Node.position must be one of {ioi.POSITIONS}, got {self.position!r}")
+        if self.kind in ("q", "k", "v") and self.head is None:
+            raise ValueError(f"a {self.kind!r} node needs a head")
+        if self.kind not in _HEAD_KINDS and self.head is not None:
+            raise ValueError(f"a {self.kind!r} node has no head (got head={self.head})")
+
+    @property
+    def hook_name(self) -> str:
+        """The TransformerLens hook point this node reads."""
+        if self.kind in _HEAD_KINDS:
+            return f"blocks.{self.layer}.attn.hook_{self.kind}"
+        return f"blocks.{self.layer}.hook_{self.kind}"
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``"L2H1.z@END"`` or ``"L3.resid_post@END"``."""
+        unit = f"L{self.layer}" + (f"H{self.head}" if self.head is not None else "")
+        return f"{unit}.{self.kind}@{self.position}"
+
+    def __str__(self) -> str:
+        return self.label
+
+    def dim(self, model) -> int:
+        """Width of the node's vectors for ``model``."""
+        if self.kind in _HEAD_KINDS:
+            return model.cfg.d_head * (1 if self.head is not None else model.cfg.n_heads)
+        return model.cfg.d_model
+
+    def check(self, model) -> None:
+        """Raise a clear error when ``model`` has no such hook or head."""
+        check_hook_names(model, [self.hook_name])
+        if self.head is not None and not 0 <= self.head < model.cfg.n_heads:
+            raise ValueError(f"{self.label}: head {self.head} out of range (model has {model.cfg.n_heads} heads)")
+
+    def _index(self, act: Tensor, batch: ioi.IOIBatch):
+        rows = torch.arange(act.shape[0], device=act.device)
+        pos = batch.positions[self.position].to(act.device)
+        return (rows, pos) if self.head is None else (rows, pos, self.head)
+
+    def read(self, act: Tensor, batch: ioi.IOIBatch) -> Float[Tensor, "batch d"]:
+        """This node's vectors from the hook's full activation ``act``."""
+        out = act[self._index(act, batch)]
+        return out.flatten(1) if out.ndim == 3 else out
+
+    def write(self, act: Tensor, batch: ioi.IOIBatch, value: Tensor) -> Tensor:
+        """``act`` with this node's vectors replaced by ``value`` (in place; returns ``act``)."""
+        idx = self._index(act, batch)
+        act[idx] = value.to(act.dtype).reshape(act[idx].shape)
+        return act
+
+
+@dataclass(frozen=True)
+class CrossSection:
+    """Nodes edited together for one attribute (e.g. "IO in name-mover out")."""
+
+    name: str
+    attribute: str
+    """``"io"``, ``"s"`` or ``"pos"`` (see :data:`saetools.tasks.ioi.ATTRIBUTES`)."""
+    nodes: tuple[Node, ...]
+
+
+# Makelov et al.'s nodes per role (NOTES §2.1): (kind, position) pairs, and which attributes each
+# role's nodes are edited for. ``s_suppression`` (our role for heads that attend END -> S and
+# write against S, the bundled model's mechanism) and ``io_mover`` (heads that carry IO to END
+# without a direct effect) are read like name movers.
+ROLE_NODES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "name_mover": ((("z", "END"), ("q", "END")), ("io", "s", "pos")),
+    "backup_name_mover": ((("z", "END"), ("q", "END")), ("io", "s", "pos")),
+    "negative_name_mover": ((("z", "END"), ("q", "END")), ("io", "s", "pos")),
+    "io_mover": ((("z", "END"),), ("io", "pos")),
+    "s_suppression": ((("z", "END"),), ("s", "pos")),
+    "s_inhibition": ((("z", "END"), ("v", "S2")), ("s", "pos")),
+    "induction": ((("z", "S2"),), ("s", "pos")),
+    "duplicate_token": ((("z", "S2"),), ("s", "pos")),
+}
+
+
+def circuit_nodes(circuit, roles: Sequence[str] | None = None) -> dict[str, tuple[Node, ...]]:
+    """Nodes of each role of ``circuit`` (a :class:`saetools.circuits.Circuit`), per :data:`ROLE_NODES`.
+
+    Roles without Makelov nodes (e.g. previous-token heads) and empty roles are left out.
+    """
+    out = {}
+    for role, heads in circuit.roles.items():
+        if (roles is not None and role not in roles) or role not in ROLE_NODES or not heads:
+            continue
+        kinds = ROLE_NODES[role][0]
+        out[role] = tuple(Node(l, k, p, h) for (l, h) in heads for k, p in kinds)
+    return out
+
+
+def cross_sections(circuit, roles: Sequence[str] | None = None, *, kinds: Sequence[str] = ("z",)) -> list[CrossSection]:
+    """Cross-sections (role x attribute) of ``circuit``: the nodes of a role of the given kinds,
+    once per attribute that role's nodes carry (:data:`ROLE_NODES`)."""
+    out = []
+    for role, nodes in circuit_nodes(circuit, roles).items():
+        for kind in kinds:
+            sel = tuple(n for n in nodes if n.kind == kind)
+            if not sel:
+                continue
+            for attr in ROLE_NODES[role][1]:
+                out.append(CrossSection(f"{attr.upper()} in {role} {kind}", attr, sel))
+    return out
+
+
+def _stop_layer(model, nodes: Sequence[Node]) -> int | None:
+    last = max(n.layer for n in nodes)
+    return None if last + 1 >= model.cfg.n_layers else last + 1
+
+
+@torch.no_grad()
+def node_acts(model, batch: ioi.IOIBatch, nodes: Sequence[Node], *, batch_size: int = 512) -> dict[Node, Float[Tensor, "batch d"]]:
+    """Every node's vectors over the prompts of ``batch``: one forward pass per ``batch_size`` prompts."""
+    nodes = list(dict.fromkeys(nodes))
+    for n in nodes:
+        n.check(model)
+    hooks = sorted({n.hook_name for n in nodes})
+    out: dict[Node, list[Tensor]] = {n: [] for n in nodes}
+    stop = _stop_layer(model, nodes)
+    for i in range(0, len(batch), batch_size):
+        sub = batch[i : i + batch_size]
+        _, cache = model.run_with_cache(sub.tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)
+        for n in nodes:
+            out[n].append(n.read(cache[n.hook_name], sub).float().cpu())
+    return {n: torch.cat(v) for n, v in out.items()}
+
+
+def _hooks(batch: ioi.IOIBatch, replacements: Mapping[Node, Replacement]) -> list[tuple[str, Callable]]:
+    by_hook: dict[str, list[tuple[Node, Replacement]]] = defaultdict(list)
+    for node, rep in replacements.items():
+        by_hook[node.hook_name].append((node, rep))
+
+    def make(items):
+        def hook(act, hook):
+            for node, rep in items:
+                value = rep(node.read(act, batch).float()) if callable(rep) else rep.to(act.device)
+                node.write(act, batch, value)
+            return act
+        return hook
+
+    return [(name, make(items)) for name, items in by_hook.items()]
+
+
+def run_with_nodes(model, batch: ioi.IOIBatch, replacements: Mapping[Node, Replacement]) -> Float[Tensor, "batch pos vocab"]:
+    """Logits of ``batch`` with node values replaced.
+
+    Each replacement is either a tensor ``[batch, d]`` (the node's new vectors, e.g. a
+    counterfactual activation or a supervised edit) or a function ``[batch, d] -> [batch, d]``
+    applied to the value flowing through that node in *this* run (e.g. an SAE reconstruction).
+    Hooks are attached only for the call and removed even after an exception.
+    """
+    for node, rep in replacements.items():
+        node.check(model)
+        if not callable(rep) and tuple(rep.shape) != (len(batch), node.dim(model)):
+            raise ValueError(f"replacement for {node.label} has shape {tuple(rep.shape)}; "
+                             f"expected ({len(batch)}, {node.dim(model)})")
+    with torch.no_grad(), model.hooks(fwd_hooks=_hooks(batch, replacements)):
+        return model(batch.tokens.to(model.cfg.device))
+
+
+def end_logits_with_nodes(model, batch: ioi.IOIBatch, replacements: Mapping[Node, Replacement], *,
+                          batch_size: int = 512) -> Float[Tensor, "batch vocab"]:
+    """END logits of :func:`run_with_nodes`, in chunks of ``batch_size`` prompts (fixed
+    replacement tensors are sliced with the prompts)."""
+    outs = []
+    for i in range(0, len(batch), batch_size):
+        sl = slice(i, i + batch_size)
+        sub = batch[sl]
+        reps = {n: (r if callable(r) else r[sl]) for n, r in replacements.items()}
+        outs.append(ioi.end_logits(run_with_nodes(model, sub, reps), sub).float().cpu())
+    return torch.cat(outs)
