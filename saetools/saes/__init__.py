@@ -1,7 +1,13 @@
 """SAEs: saetools's sae-lens architectures, save/load, pretrained releases and bundled SAEs.
 
+Architectures registered with sae-lens when this package is imported (so ``SAE.load_from_disk``
+and ``SAE.from_dict`` find them):
+
 * ``gated_faithful`` -- Gated SAE with the paper's frozen-decoder auxiliary loss
-  (:mod:`saetools.saes.gated_faithful`), registered with sae-lens on import;
+  (:mod:`saetools.saes.gated_faithful`);
+* ``topk_signed`` -- Makelov et al.'s no-ReLU TopK (:mod:`saetools.saes.topk_signed`);
+* ``topafa`` -- top-AFA SAEs of Lee et al. 2025 (:mod:`saetools.saes.topafa`);
+* ``switch`` -- routed Switch SAEs of Mudide et al. 2024 (:mod:`saetools.saes.switch`);
 * :func:`save_sae` / :func:`load_sae` / :func:`load_pretrained_sae` (:mod:`saetools.saes.io`);
 * :func:`refit_decoder` -- the feature-suppression fix (:mod:`saetools.saes.suppression`);
 * :func:`load_bundled_sae` -- small SAEs for the bundled ``tiny-ioi`` model, with a card of
@@ -14,6 +20,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from saetools.saes import switch, topafa, topk_signed  # noqa: F401  (registers the architectures)
 from saetools.saes.gated_faithful import FaithfulGatedTrainingSAEConfig
 from saetools.saes.io import PretrainedSAEUnavailableError, load_pretrained_sae, load_sae, save_sae
 from saetools.saes.suppression import refit_decoder

@@ -1,0 +1,82 @@
+"""The no-ReLU TopK SAE of Makelov, Lange & Nanda (2024) as a sae-lens architecture (NOTES §2.7).
+
+Their TopK SAEs keep the ``k`` largest raw pre-activations *even when negative* (sae-lens's
+``topk`` applies a ReLU to them), have no encoder bias besides the pre-encoder ``b_dec``
+subtraction and do not renormalise the decoder during training. ``topk_signed`` is sae-lens's
+TopK with exactly that activation and ``rescale_acts_by_decoder_norm=False``; a latent is
+"active" when it is selected (its value is non-zero). Registered with sae-lens on import, so it
+trains with the sae-lens trainer, saves, loads with ``SAE.load_from_disk`` and splices like a
+built-in SAE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from sae_lens import register_sae_class, register_sae_training_class
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import SAEConfig
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+from torch import nn
+
+__all__ = ["ARCHITECTURE", "SignedTopK", "SignedTopKSAE", "SignedTopKSAEConfig", "SignedTopKTrainingSAE",
+           "SignedTopKTrainingSAEConfig"]
+
+ARCHITECTURE = "topk_signed"
+
+
+class SignedTopK(nn.Module):
+    """Keep the ``k`` largest pre-activations per row with their sign; zero the rest."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, indices = torch.topk(x, k=self.k, dim=-1, sorted=False)
+        return torch.zeros_like(x).scatter_(-1, indices, values)
+
+
+@dataclass
+class SignedTopKSAEConfig(TopKSAEConfig):
+    """Inference config of ``topk_signed``."""
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class SignedTopKSAE(TopKSAE):
+    """Inference SAE: sae-lens's TopK SAE with :class:`SignedTopK` as activation."""
+
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return SignedTopK(self.cfg.k)
+
+
+@dataclass
+class SignedTopKTrainingSAEConfig(TopKTrainingSAEConfig):
+    """Training config of ``topk_signed`` (no decoder-norm rescaling, as in the paper)."""
+
+    rescale_acts_by_decoder_norm: bool = False
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return SignedTopKSAEConfig
+
+
+class SignedTopKTrainingSAE(TopKTrainingSAE):
+    """Training SAE: sae-lens's TopK training SAE with :class:`SignedTopK` as activation."""
+
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return SignedTopK(self.cfg.k)
+
+
+if ARCHITECTURE not in SAE_CLASS_REGISTRY:  # idempotent under importlib.reload
+    register_sae_class(ARCHITECTURE, SignedTopKSAE, SignedTopKSAEConfig)
+if ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
+    register_sae_training_class(ARCHITECTURE, SignedTopKTrainingSAE, SignedTopKTrainingSAEConfig)
