@@ -10,7 +10,7 @@ sae-lens's input normalisation):
   ``block_i = [i E, (i+1) E)`` are expert ``i``'s latents (the authors' code has no ``b_enc``;
   ours is zero-initialised, as sae-lens's TopK);
 * latents (``hook_sae_acts_post``, full width ``[.., d_sae]``, zero outside ``block_i``):
-  ``a = p_i(x) * f`` with ``routing="softmax"``, ``a = f`` with ``routing="heaviside"``;
+  ``a = p_i(x) f`` with ``routing="softmax"``, ``a = f`` with ``routing="heaviside"``;
 * decoder: ``x_hat = a @ W_dec + b_dec``, one shared ``b_dec``; the router is trained through
   the ``p_i`` scaling (softmax) and by the load-balancing loss.
 
@@ -18,27 +18,25 @@ Scaling the latents by ``p_i`` (rather than the output) is the authors' implemen
 the same function (TopK is scale-invariant, the decoder linear) and keeps ``decode`` linear,
 so splicing, interventions and sae-lens's tooling treat a Switch SAE like any other SAE.
 
-**The routed implementation.** The authors compute every expert densely and mask, which saves
-nothing. Here tokens are sorted by expert and each expert multiplies only its own contiguous
-slice of tokens with its own block of ``W_enc`` (``2 d_in E`` multiply-adds per token instead of
-``2 d_in d_sae``); TopK runs inside the block; the decoder reads only the ``k`` selected rows of
-``W_dec`` (``F.embedding_bag``), never a dense ``[n, d_sae]`` matrix. The backward pass is
-sparse too: the encoder's weight gradient is a sparse-times-dense product over the ``n k``
-selected entries. The full-width latent vector is materialised only when something is
-attached to ``hook_sae_acts_pre`` / ``hook_sae_acts_post`` (a cache, an intervention), or
-when ``encode`` is called (it returns the dense latents, as every sae-lens SAE does).
-:func:`masked_dense_forward` is the authors' dense-and-mask computation, kept as the reference.
+**Routed.** The kernels (:mod:`saetools.saes.switch_kernels`) sort tokens by expert and run
+one matmul per expert on its own tokens and its own block of ``W_enc``; the TopK runs inside
+the block; the decoder reads only the ``k`` selected rows of ``W_dec``; the backward pass is
+sparse too. The full-width latent vector is materialised only when something is attached to
+``hook_sae_acts_pre`` / ``hook_sae_acts_post`` (a cache, an intervention), or when ``encode``
+is called (it returns dense latents, as every sae-lens SAE does). :func:`masked_dense_forward`
+is the authors' dense-and-mask computation, kept as the reference.
 
 **Training** (``SwitchTrainingSAE``, trained by sae-lens's ``SAETrainer``, e.g. through
 :func:`saetools.train_sae`): the loss is sae-lens's ``sum_dims ||x - x_hat||^2`` (mean over
 tokens) plus ``alpha * d_in * L_lb`` with the Switch-Transformer balancing loss
-``L_lb = N * sum_i F_i P_i`` (``F_i``: fraction of tokens routed to expert ``i``; ``P_i``:
-mean router probability of expert ``i``; ``L_lb = 1`` at uniform routing, ``N`` at collapse).
-The ``d_in`` factor is the authors' convention (NOTES §3.2): it makes ``alpha`` a weight
-relative to the *per-dimension* MSE, so the paper's ``alpha = 3`` carries over unchanged.
-Decoder rows are renormalised to unit norm before every step and the gradient component
-parallel to each row is removed (as in the authors' trainer); ``b_dec`` and ``b_router``
-start at the geometric median of the first training batch (Weiszfeld iterations).
+``L_lb = N sum_i F_i P_i`` (:func:`~saetools.saes.switch_kernels.load_balance_loss`). The
+``d_in`` factor is the authors' convention (NOTES §3.2): it makes ``alpha`` a weight relative
+to the *per-dimension* MSE, so the paper's ``alpha = 3`` carries over. (With sae-lens's
+``normalize_activations="expected_average_only_in"`` the per-dimension MSE is that of inputs
+scaled to ``E||x||^2 = d_in``, as the paper's GPT-2 activations roughly are.) Decoder rows are
+renormalised to unit norm before every step and the gradient component parallel to each row
+is removed; ``b_dec`` and ``b_router`` start at the geometric median of the first training
+batch (Weiszfeld iterations).
 """
 
 from __future__ import annotations
@@ -60,7 +58,20 @@ from sae_lens.saes.sae import (
     TrainStepInput,
     TrainStepOutput,
 )
+from sae_lens.saes.topk_sae import _sparse_matmul_nd
 from torch import Tensor, nn
+
+from saetools.saes.switch_kernels import (
+    decoder_flops_per_token,
+    dense_input_decode,
+    encoder_flops_per_token,
+    geometric_median,
+    load_balance_loss,
+    routed_topk,
+    sort_by_expert,
+    sparse_decode,
+    unit_row_grad,
+)
 
 __all__ = [
     "ARCHITECTURE",
@@ -80,16 +91,17 @@ Routing = Literal["softmax", "heaviside"]
 
 
 def _validate_switch_fields(cfg) -> None:
+    name = type(cfg).__name__
     if cfg.n_experts < 1:
-        raise ValueError(f"n_experts must be >= 1, got {cfg.n_experts}")
+        raise ValueError(f"{name}.n_experts must be >= 1, got {cfg.n_experts}")
     if cfg.d_sae % cfg.n_experts:
-        raise ValueError(f"d_sae={cfg.d_sae} must be a multiple of n_experts={cfg.n_experts} "
+        raise ValueError(f"{name}.d_sae={cfg.d_sae} must be a multiple of n_experts={cfg.n_experts} "
                          "(every expert has d_sae // n_experts latents)")
     if not 1 <= cfg.k <= cfg.d_sae // cfg.n_experts:
-        raise ValueError(f"k={cfg.k} must be between 1 and the expert width d_sae // n_experts = "
-                         f"{cfg.d_sae // cfg.n_experts}")
+        raise ValueError(f"{name}.k={cfg.k} must be between 1 and the expert width d_sae // n_experts = "
+                         f"{cfg.d_sae // cfg.n_experts}; lower k or use fewer experts")
     if cfg.routing not in ("softmax", "heaviside"):
-        raise ValueError(f"routing must be 'softmax' or 'heaviside', got {cfg.routing!r}")
+        raise ValueError(f"{name}.routing must be 'softmax' or 'heaviside', got {cfg.routing!r}")
 
 
 @dataclass
@@ -147,10 +159,11 @@ class SwitchTrainingSAEConfig(TrainingSAEConfig):
         super().__post_init__()
         _validate_switch_fields(self)
         if self.load_balance_coefficient < 0:
-            raise ValueError(f"load_balance_coefficient must be >= 0, got {self.load_balance_coefficient}")
+            raise ValueError("SwitchTrainingSAEConfig.load_balance_coefficient must be >= 0, got "
+                             f"{self.load_balance_coefficient}")
         if self.decoder_init_norm is not None:
-            raise ValueError("decoder_init_norm must be None for a Switch SAE: its decoder rows are "
-                             "constrained to unit norm throughout training")
+            raise ValueError("SwitchTrainingSAEConfig.decoder_init_norm must be None: a Switch SAE's "
+                             "decoder rows are constrained to unit norm throughout training")
 
     @classmethod
     def architecture(cls) -> str:
@@ -165,160 +178,10 @@ class SwitchTrainingSAEConfig(TrainingSAEConfig):
         return self.d_sae // self.n_experts
 
 
-# ---------------------------------------------------------------------------------------------
-# FLOPs, geometric median, load balancing
-
-
-def encoder_flops_per_token(d_in: int, d_sae: int, n_experts: int = 1) -> int:
-    """Encoder FLOPs per token, counting a multiply-add as 2: ``2 d_in d_sae / N + 2 d_in N``.
-
-    The second term is the router (absent for ``N = 1``, a dense SAE); biases, ReLU and TopK are
-    not counted (NOTES §3.3: the paper's FLOP matching uses the same two terms).
-    """
-    if d_sae % n_experts:
-        raise ValueError(f"d_sae={d_sae} must be a multiple of n_experts={n_experts}")
-    return 2 * d_in * (d_sae // n_experts) + (2 * d_in * n_experts if n_experts > 1 else 0)
-
-
-def decoder_flops_per_token(d_in: int, k: int | None = None, d_sae: int | None = None) -> int:
-    """Decoder FLOPs per token: ``2 k d_in`` for a sparse decode of ``k`` latents, or
-    ``2 d_sae d_in`` for a dense one (``k=None``, ``d_sae`` given: sae-lens's TopK decode)."""
-    if (k is None) == (d_sae is None):
-        raise ValueError("give exactly one of k (sparse decode) or d_sae (dense decode)")
-    return 2 * d_in * (k if k is not None else d_sae)
-
-
-@torch.no_grad()
-def geometric_median(points: Float[Tensor, "n d"], *, max_iter: int = 100, tol: float = 1e-5,
-                     eps: float = 1e-8) -> Float[Tensor, " d"]:
-    """The geometric median ``argmin_m sum_t ||x_t - m||`` by Weiszfeld's iteration.
-
-    Starts from the mean; each step is the average of the points weighted by
-    ``1 / max(||x_t - m||, eps)``; stops after ``max_iter`` steps or when ``m`` moves less than
-    ``tol * (1 + ||m||)``. Computed in float64, returned in the points' dtype.
-    """
-    if points.ndim != 2 or points.shape[0] == 0:
-        raise ValueError(f"points must be a non-empty [n, d] matrix, got shape {tuple(points.shape)}")
-    x = points.double()
-    m = x.mean(0)
-    for _ in range(max_iter):
-        w = 1.0 / (x - m).norm(dim=1).clamp_min(eps)
-        new = (w[:, None] * x).sum(0) / w.sum()
-        done = (new - m).norm() <= tol * (1 + new.norm())
-        m = new
-        if done:
-            break
-    return m.to(points.dtype)
-
-
-def load_balance_loss(probs: Float[Tensor, "n n_experts"], expert: Int[Tensor, " n"]) -> Tensor:
-    """Switch-Transformer balancing loss ``L_lb = N * sum_i F_i P_i`` (Fedus et al. 2021).
-
-    ``F_i`` is the fraction of tokens routed to expert ``i`` (no gradient), ``P_i`` the mean
-    router probability of expert ``i``. ``L_lb = 1`` when both are uniform; it grows to ``N``
-    when every token goes to one expert with probability 1.
-    """
-    n_experts = probs.shape[-1]
-    frac = torch.bincount(expert, minlength=n_experts).to(probs.dtype) / max(expert.numel(), 1)
-    return n_experts * (frac * probs.mean(0)).sum()
-
-
-# ---------------------------------------------------------------------------------------------
-# Routed kernels
-
-
 def _hooked(module: nn.Module) -> bool:
     """Whether anything (a TransformerLens hook, a cache, a raw torch hook) is attached."""
     return bool(getattr(module, "_forward_hooks", None) or getattr(module, "_backward_hooks", None)
                 or getattr(module, "_forward_pre_hooks", None))
-
-
-class _RoutedTopK(torch.autograd.Function):
-    """Per-expert encoder matmul + TopK on tokens sorted by expert, with a sparse backward.
-
-    Inputs: ``x [n, d]`` sorted by expert, ``shift [d]`` (subtracted from ``x``), ``W_enc``,
-    ``b_enc``, the per-expert token counts, ``k`` and the expert width. Outputs the ``k`` largest
-    pre-activations of each token's expert and their global latent indices (sorted order).
-    """
-
-    @staticmethod
-    def forward(ctx, x, shift, W_enc, b_enc, counts, k, width):
-        xc = x - shift
-        n = x.shape[0]
-        top = x.new_empty(n, k)
-        idx = torch.empty(n, k, dtype=torch.long, device=x.device)
-        start = 0
-        for i, c in enumerate(counts):
-            if c:
-                block = slice(i * width, (i + 1) * width)
-                pre = torch.addmm(b_enc[block], xc[start:start + c], W_enc[:, block])
-                v, j = pre.topk(k, dim=-1, sorted=False)
-                top[start:start + c] = v
-                idx[start:start + c] = j + i * width
-                start += c
-        ctx.save_for_backward(xc, W_enc, idx)
-        ctx.mark_non_differentiable(idx)
-        return top, idx
-
-    @staticmethod
-    def backward(ctx, grad_top, _grad_idx):
-        xc, W_enc, idx = ctx.saved_tensors
-        need_x, need_shift, need_w, need_b = ctx.needs_input_grad[:4]
-        n, k = idx.shape
-        d_sae = W_enc.shape[1]
-        g = grad_top.contiguous()
-        flat_idx, flat_g = idx.reshape(-1), g.reshape(-1)
-        col = None
-        if need_shift or need_b:  # sum over tokens of the dense pre-activation gradient
-            col = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
-        grad_x = grad_shift = grad_w = None
-        if need_w:  # dL/dW_enc[:, l] = sum over (t, j) with idx[t, j] = l of g[t, j] * xc[t]
-            tok = torch.arange(n, device=idx.device).repeat_interleave(k)
-            wide = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype  # no half sparse.mm
-            sel = torch.sparse_coo_tensor(torch.stack([flat_idx, tok]), flat_g.to(wide), (d_sae, n),
-                                          check_invariants=False)
-            grad_w = torch.sparse.mm(sel, xc.to(wide)).to(xc.dtype).t()
-        if need_x:
-            grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g, mode="sum")
-        if need_shift:
-            grad_shift = -(W_enc @ col)
-        return grad_x, grad_shift, grad_w, col if need_b else None, None, None, None
-
-
-class _UnitRowGrad(torch.autograd.Function):
-    """Identity on the decoder; backward removes each row's gradient component along the row
-    (rows are unit norm during training), as the authors' trainer does."""
-
-    @staticmethod
-    def forward(ctx, W_dec):
-        ctx.save_for_backward(W_dec)
-        return W_dec.view_as(W_dec)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (W_dec,) = ctx.saved_tensors
-        return grad - (grad * W_dec).sum(-1, keepdim=True) * W_dec
-
-
-def _sort_by_expert(expert: Tensor, n_experts: int) -> tuple[Tensor, Tensor, list[int]]:
-    order = torch.argsort(expert, stable=True)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return order, inverse, torch.bincount(expert, minlength=n_experts).tolist()
-
-
-def _sparse_decode_dense_input(f: Float[Tensor, "n d_sae"], W_dec: Tensor) -> Tensor:
-    """``f @ W_dec`` reading only the non-zero entries of ``f`` (dense matmul when > 1/16 dense)."""
-    rows, cols = f.nonzero(as_tuple=True)
-    if rows.numel() * 16 > f.numel():
-        return f @ W_dec
-    offsets = torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
-    offsets[1:] = torch.bincount(rows, minlength=f.shape[0]).cumsum(0)[:-1]
-    return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=f[rows, cols])
-
-
-# ---------------------------------------------------------------------------------------------
-# The SAE classes
 
 
 class _SwitchCore:
@@ -366,7 +229,10 @@ class _SwitchCore:
         Returns:
             ``(expert [...], probs [..., n_experts])``; ``expert = probs.argmax(-1)``.
         """
-        expert, _, probs = self._route(self._sae_input(x))
+        sae_in = self._sae_input(x)
+        expert, _, probs = self._route(sae_in)
+        if self.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
+            self.run_time_activation_norm_fn_out(sae_in)  # drop the stored per-token statistics
         return expert, probs
 
     def _scale(self, top: Tensor, p: Tensor) -> Tensor:
@@ -379,43 +245,45 @@ class _SwitchCore:
     def _sparse_code(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Routed encode of ``flat [n, d_in]``: ``(idx [n, k], acts [n, k], expert [n], probs [n, N])``."""
         expert, p, probs = self._route(flat)
-        order, inverse, counts = _sort_by_expert(expert, self.cfg.n_experts)
-        top, idx = _RoutedTopK.apply(flat[order], self._shift(), self.W_enc, self.b_enc, counts,
-                                     self.cfg.k, self.cfg.expert_width)
-        return idx[inverse], self._scale(top[inverse], p), expert, probs
+        top, idx = routed_topk(flat, self._shift(), self.W_enc, self.b_enc, expert,
+                               n_experts=self.cfg.n_experts, k=self.cfg.k)
+        return idx, self._scale(top, p), expert, probs
 
-    def _block_preacts(self, flat: Tensor, expert: Tensor) -> Tensor:
-        """Pre-activations of each token's own expert, ``[n, E]`` (plain autograd)."""
-        order, inverse, counts = _sort_by_expert(expert, self.cfg.n_experts)
-        xs = flat[order] - self._shift()
-        w, b = self.W_enc.split(self.cfg.expert_width, dim=1), self.b_enc.split(self.cfg.expert_width)
-        blocks = [torch.addmm(b[i], xi, w[i]) for i, xi in enumerate(xs.split(counts)) if counts[i]]
-        if not blocks:
-            return xs.new_zeros(0, self.cfg.expert_width)
-        return torch.cat(blocks)[inverse]
-
-    def _encode_flat(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        """Dense full-width ``(acts, pre-activations)``, through the latent hooks; zero outside
-        each token's expert (pre-activations are materialised only if that hook is used)."""
+    def _own_block_preacts(self, flat: Tensor, expert: Tensor) -> Tensor:
+        """Full-width pre-activations ``[n, d_sae]``: each token's own expert block, zero elsewhere
+        (plain autograd; one matmul per expert)."""
         n, n_exp, width = flat.shape[0], self.cfg.n_experts, self.cfg.expert_width
-        if _hooked(self.hook_sae_acts_pre):
+        order, inverse, counts = sort_by_expert(expert, n_exp)
+        xs = flat[order] - self._shift()
+        w, b = self.W_enc.split(width, dim=1), self.b_enc.split(width)
+        blocks = [torch.addmm(b[i], xi, w[i]) for i, xi in enumerate(xs.split(counts)) if counts[i]]
+        own = torch.cat(blocks)[inverse] if blocks else xs.new_zeros(0, width)
+        rows = torch.arange(n, device=flat.device)
+        return flat.new_zeros(n, n_exp, width).index_put((rows, expert), own).view(n, self.cfg.d_sae)
+
+    def _encode(self, sae_in: Tensor, *, want_pre: bool = False) -> tuple[Tensor, Tensor]:
+        """Dense full-width ``(latents [..., d_sae], pre-activations)`` of ``sae_in [..., d_in]``,
+        through the latent hooks (which see the input's leading shape). Pre-activations (own
+        expert's block, zero elsewhere) are materialised only when ``want_pre`` or
+        ``hook_sae_acts_pre`` is hooked; otherwise an empty ``[0]`` tensor."""
+        lead, d_sae = sae_in.shape[:-1], self.cfg.d_sae
+        flat = sae_in.reshape(-1, self.cfg.d_in)
+        n, n_exp, width = flat.shape[0], self.cfg.n_experts, self.cfg.expert_width
+        if want_pre or _hooked(self.hook_sae_acts_pre):
             expert, p, _ = self._route(flat)
+            pre = self.hook_sae_acts_pre(self._own_block_preacts(flat, expert).view(*lead, d_sae))
             rows = torch.arange(n, device=flat.device)
-            pre = flat.new_zeros(n, n_exp, width).index_put((rows, expert), self._block_preacts(flat, expert))
-            pre = self.hook_sae_acts_pre(pre.view(n, self.cfg.d_sae))
-            top, j = pre.view(n, n_exp, width)[rows, expert].topk(self.cfg.k, dim=-1, sorted=False)
+            top, j = pre.reshape(n, n_exp, width)[rows, expert].topk(self.cfg.k, dim=-1, sorted=False)
             idx, acts = j + expert.unsqueeze(-1) * width, self._scale(top, p)
         else:
             idx, acts, _, _ = self._sparse_code(flat)
             pre = flat.new_zeros(0)
-        dense = flat.new_zeros(n, self.cfg.d_sae).scatter(-1, idx, acts)
-        return self.hook_sae_acts_post(dense), pre
+        dense = flat.new_zeros(n, d_sae).scatter(-1, idx, acts)
+        return self.hook_sae_acts_post(dense.view(*lead, d_sae)), pre
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """Full-width latents ``a`` (dense; zero outside each token's expert)."""
-        sae_in = self._sae_input(x)
-        acts, _ = self._encode_flat(sae_in.reshape(-1, self.cfg.d_in))
-        return acts.reshape(*sae_in.shape[:-1], self.cfg.d_sae)
+        return self._encode(self._sae_input(x))[0]
 
     def _finish_decode(self, out: Tensor) -> Tensor:
         out = self.hook_sae_recons(out)
@@ -423,14 +291,15 @@ class _SwitchCore:
         return self.reshape_fn_out(out, self.d_head)
 
     def decode(self, feature_acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
-        """``a @ W_dec + b_dec``, reading only the non-zero latents when ``a`` is sparse enough."""
-        lead = feature_acts.shape[:-1]
+        """``a @ W_dec + b_dec``. Sparse COO latents use a sparse matmul; dense latents that need
+        no gradient read only their non-zero entries (dense matmul otherwise)."""
         if feature_acts.is_sparse:
-            flat = feature_acts.reshape(-1, self.cfg.d_sae) if feature_acts.ndim != 2 else feature_acts
-            out = torch.sparse.mm(flat, self.W_dec)
+            out = _sparse_matmul_nd(feature_acts, self.W_dec)
         else:
-            out = _sparse_decode_dense_input(feature_acts.reshape(-1, self.cfg.d_sae), self.W_dec)
-        return self._finish_decode((out + self.b_dec).reshape(*lead, self.cfg.d_in))
+            lead = feature_acts.shape[:-1]
+            out = dense_input_decode(feature_acts.reshape(-1, self.cfg.d_sae), self.W_dec)
+            out = out.reshape(*lead, self.cfg.d_in)
+        return self._finish_decode(out + self.b_dec)
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
         """Reconstruction. Routed and sparse end to end unless a latent hook or the error term
@@ -439,13 +308,15 @@ class _SwitchCore:
             return super().forward(x)
         sae_in = self._sae_input(x)
         idx, acts, _, _ = self._sparse_code(sae_in.reshape(-1, self.cfg.d_in))
-        out = F.embedding_bag(idx, self.W_dec, per_sample_weights=acts, mode="sum") + self.b_dec
+        out = sparse_decode(idx, acts, self.W_dec) + self.b_dec
         return self.hook_sae_output(self._finish_decode(out.reshape(sae_in.shape)))
 
     def sparse_encode(self, x: Float[Tensor, "... d_in"]) -> tuple[Int[Tensor, "... k"], Float[Tensor, "... k"]]:
         """The latents as ``(indices, values)``, ``k`` per token (global latent ids; no hooks)."""
         sae_in = self._sae_input(x)
         idx, acts, _, _ = self._sparse_code(sae_in.reshape(-1, self.cfg.d_in))
+        if self.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
+            self.run_time_activation_norm_fn_out(sae_in)  # drop the stored per-token statistics
         lead = sae_in.shape[:-1]
         return idx.reshape(*lead, self.cfg.k), acts.reshape(*lead, self.cfg.k)
 
@@ -453,9 +324,15 @@ class _SwitchCore:
 
     @torch.no_grad()
     def fold_W_dec_norm(self) -> None:
-        raise NotImplementedError("folding decoder norms into the encoder changes which latents win "
-                                  "the TopK inside an expert; a Switch SAE's decoder rows are unit "
-                                  "norm after training, so there is nothing to fold")
+        """Fold decoder row norms into the encoder; exact only when the norms are equal inside
+        each expert (TopK ranks pre-activations, which the fold would rescale per latent)."""
+        norms = self.W_dec.norm(dim=-1).view(self.cfg.n_experts, -1)
+        if not torch.allclose(norms, norms[:, :1].expand_as(norms), rtol=1e-4, atol=0):
+            raise NotImplementedError(
+                "folding decoder norms into the encoder would change which latents win the TopK "
+                "inside an expert (the row norms differ within an expert); a Switch SAE trained by "
+                "saetools has unit-norm rows, so there is nothing to fold")
+        super().fold_W_dec_norm()
 
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
@@ -494,11 +371,9 @@ class SwitchTrainingSAE(_SwitchCore, TrainingSAE[SwitchTrainingSAEConfig]):
         return {"load_balance": self.cfg.load_balance_coefficient}
 
     def encode_with_hidden_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(latents, pre-activations)``, both full width; pre-activations are computed for
-        each token's own expert only, and are all zeros unless ``hook_sae_acts_pre`` is hooked."""
-        sae_in = self._sae_input(x)
-        acts, pre = self._encode_flat(sae_in.reshape(-1, self.cfg.d_in))
-        return acts.reshape(*sae_in.shape[:-1], self.cfg.d_sae), pre
+        """``(latents, pre-activations)``, both full width; the pre-activations are those of each
+        token's own expert (zero in the other experts' blocks, which are never computed)."""
+        return self._encode(self._sae_input(x), want_pre=True)
 
     @torch.no_grad()
     def initialize_biases_from_data(self, x: Float[Tensor, "n d_in"]) -> None:
@@ -514,49 +389,49 @@ class SwitchTrainingSAE(_SwitchCore, TrainingSAE[SwitchTrainingSAEConfig]):
         self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """Routed forward, MSE + ``alpha * d_in * L_lb``; latents are returned as a sparse COO
-        ``[n, d_sae]`` tensor (the trainer's firing statistics accept it)."""
+        """Routed forward, MSE + ``alpha * d_in * L_lb``.
+
+        Latents are returned as a sparse COO ``[n, d_sae]`` tensor (sae-lens's trainer reads
+        firing statistics from it); the pre-activations as an empty tensor (never computed at
+        full width). Logged metrics: ``load_balance`` (``L_lb``) and
+        ``max_expert_load_over_uniform`` (``N max_i F_i``).
+        """
         x = step_input.sae_in
         sae_in = self._sae_input(x)
         flat = sae_in.reshape(-1, self.cfg.d_in)
         if self.cfg.geometric_median_init and step_input.n_training_steps == 0 and not self._biases_initialised:
             self.initialize_biases_from_data(flat.detach())
         self.normalize_decoder_()
-        W_dec = _UnitRowGrad.apply(self.W_dec)
+        W_dec = unit_row_grad(self.W_dec)
+        n = flat.shape[0]
         if _hooked(self.hook_sae_acts_pre) or _hooked(self.hook_sae_acts_post):
-            acts_dense, _ = self._encode_flat(flat)
+            feature_acts, _ = self._encode(flat)
             expert, _, probs = self._route(flat)
-            out = acts_dense @ W_dec
-            feature_acts = acts_dense
+            out = feature_acts @ W_dec
         else:
             idx, acts, expert, probs = self._sparse_code(flat)
-            out = F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
-            n = flat.shape[0]
+            out = sparse_decode(idx, acts, W_dec)
             rows = torch.arange(n, device=idx.device).repeat_interleave(self.cfg.k)
             feature_acts = torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), acts.detach().reshape(-1),
                                                    (n, self.cfg.d_sae), check_invariants=False)
         sae_out = self._finish_decode((out + self.b_dec).reshape(sae_in.shape))
         mse = self.mse_loss_fn(sae_out, x).sum(dim=-1).mean()
         lb = load_balance_loss(probs, expert)
-        coeff = step_input.coefficients.get("load_balance", self.cfg.load_balance_coefficient)
-        lb_term = coeff * self.cfg.d_in * lb
-        load = torch.bincount(expert, minlength=self.cfg.n_experts).float() / max(expert.numel(), 1)
+        lb_term = step_input.coefficients.get("load_balance", self.cfg.load_balance_coefficient) * self.cfg.d_in * lb
+        load = torch.bincount(expert, minlength=self.cfg.n_experts).float() / max(n, 1)
         return TrainStepOutput(
             sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=sae_in.new_zeros(0),
             loss=mse + lb_term, losses={"mse_loss": mse, "load_balance_loss": lb_term},
-            metrics={"load_balance": lb.detach(), "max_expert_load_over_uniform": (load.max() * self.cfg.n_experts)},
+            metrics={"load_balance": lb.detach(), "max_expert_load_over_uniform": load.max() * self.cfg.n_experts},
         )
 
     def calculate_aux_loss(self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor,
                            sae_out: Tensor) -> dict[str, Tensor]:
-        """The balancing term for sae-lens's generic training pass (unused by ours)."""
-        expert, _, probs = self._route(self._sae_input(step_input.sae_in).reshape(-1, self.cfg.d_in))
-        return {"load_balance_loss": step_input.coefficients["load_balance"] * self.cfg.d_in
-                * load_balance_loss(probs, expert)}
-
-
-# ---------------------------------------------------------------------------------------------
-# The naive reference
+        """The balancing term, for sae-lens's generic training pass (ours does not call it)."""
+        expert, probs = self.route(step_input.sae_in)
+        coeff = step_input.coefficients.get("load_balance", self.cfg.load_balance_coefficient)
+        return {"load_balance_loss": coeff * self.cfg.d_in
+                * load_balance_loss(probs.reshape(-1, self.cfg.n_experts), expert.reshape(-1))}
 
 
 def masked_dense_forward(sae: SwitchSAE | SwitchTrainingSAE, x: Float[Tensor, "n d_in"]
@@ -565,8 +440,8 @@ def masked_dense_forward(sae: SwitchSAE | SwitchTrainingSAE, x: Float[Tensor, "n
 
     ``z = ReLU((x - b_dec) @ W_enc + b_enc)`` for all ``d_sae`` latents, multiplied by the
     one-hot routing mask (times ``p_i`` for softmax routing), TopK over the full width, dense
-    decode. Same function as the routed path, ``N`` times the encoder cost; the reference for
-    tests and the baseline in ``bench/bench_switch.py``.
+    decode. Same function as the routed path at ``N`` times the encoder cost (and a dense
+    decoder); the reference for tests and a baseline in ``bench/bench_switch.py``.
 
     Returns:
         ``(latents [n, d_sae], reconstruction [n, d_in])``.
