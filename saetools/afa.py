@@ -112,6 +112,11 @@ def eps_lbo(
     Returns:
         float64 ``[n]``; NaN where the denominator is 0.
     """
+    if z.ndim not in (1, 2) or f_tilde.ndim != 2:
+        raise ValueError(f"eps_lbo needs z [n, d] (or norms [n]) and f_tilde [n, m]; got {tuple(z.shape)} "
+                         f"and {tuple(f_tilde.shape)}")
+    if denominator == "dictionary" and (f_tilde.shape[-1] if h is None else h) < 2:
+        raise ValueError(f"eps_lbo with denominator='dictionary' needs h >= 2 latents, got h={h}")
     z_sq = (z.double().pow(2).sum(-1) if z.ndim == 2 else z.double().pow(2))
     f = f_tilde.double().abs()
     if z_sq.shape[0] != f.shape[0]:

@@ -10,8 +10,9 @@ what the AFA analyses need and sae-lens does not offer: a knob for *how far from
 the directions are, their exact coherence, seeded sampling that leaves the global RNG alone,
 and the noise.
 
-Orthogonality. Base directions ``g_i`` are random unit vectors (optionally pushed apart with
-sae-lens's ``orthogonalize_embeddings``: exactly orthonormal when ``h <= d``); then every
+Orthogonality. Base directions ``g_i`` are random unit vectors, optionally made orthogonal:
+exactly orthonormal (QR) when ``h <= d``, pushed apart with sae-lens's
+``orthogonalize_embeddings`` when ``h > d``; then every
 direction is pulled towards one shared unit vector ``u``:
 ``w_i = normalise(sqrt(1 - overlap) g_i + sqrt(overlap) u)``. When ``h < d`` (and
 ``orthogonalize``), the ``g_i`` are orthonormal and ``u`` is orthogonal to all of them, so
@@ -50,7 +51,8 @@ class ToyConfig:
     values make every pair of features less orthogonal (pairwise cosine ``overlap`` for
     orthonormal base directions)."""
     orthogonalize: bool = True
-    """Push the base directions apart first (sae-lens ``orthogonalize_embeddings``)."""
+    """Make the base directions orthonormal (``h <= d``) or push them apart (``h > d``, sae-lens
+    ``orthogonalize_embeddings``) before the overlap is applied."""
     firing_probability: float = 0.02
     """Probability that a feature is active on a sample (independently per feature)."""
     magnitude_mean: float = 1.0
@@ -96,11 +98,11 @@ class ToySuperposition:
         gen = torch.Generator().manual_seed(cfg.seed)
         base = torch.randn(cfg.h, cfg.d, generator=gen)
         base = base / base.norm(dim=-1, keepdim=True)
-        if cfg.orthogonalize:
+        if cfg.orthogonalize and cfg.h <= cfg.d:  # exactly orthonormal rows (QR: Gram-Schmidt), same span
+            q, r = torch.linalg.qr(base.T)
+            base = (q * torch.sign(torch.diagonal(r))).T
+        elif cfg.orthogonalize:  # more directions than dimensions: push them apart (sae-lens, deterministic)
             base = orthogonalize_embeddings(base)
-            if cfg.h <= cfg.d:  # exactly orthonormal rows (QR: Gram-Schmidt), same span
-                q, r = torch.linalg.qr(base.T)
-                base = (q * torch.sign(torch.diagonal(r))).T
         shared = torch.randn(cfg.d, generator=gen)
         if cfg.orthogonalize and cfg.h < cfg.d:  # orthogonal to every base direction
             shared = shared - base.T @ (base @ shared)
@@ -108,7 +110,8 @@ class ToySuperposition:
         w = (1 - cfg.overlap) ** 0.5 * base + cfg.overlap ** 0.5 * shared
         w = w / w.norm(dim=-1, keepdim=True)
         bias_dir = torch.randn(cfg.d, generator=gen)
-        self.dictionary = FeatureDictionary(cfg.h, cfg.d, bias=False, initializer=None)
+        # seed=: sae-lens draws its own (overwritten) directions from a private generator, not the global RNG
+        self.dictionary = FeatureDictionary(cfg.h, cfg.d, bias=False, initializer=None, seed=cfg.seed)
         with torch.no_grad():
             self.dictionary.feature_vectors.copy_(w)
             self.dictionary.bias.copy_(bias_dir / bias_dir.norm() * cfg.bias_norm)
@@ -131,7 +134,8 @@ class ToySuperposition:
     def coherence(self) -> float:
         """``max_{i != j} |<w_i, w_j>|``: the smallest ``epsilon`` for which the directions are
         epsilon-quasi-orthogonal (NOTES §1.1)."""
-        gram = self.W @ self.W.T
+        w = self.W.double()  # float64, so the value is exact for the stored float32 directions
+        gram = w @ w.T
         gram.fill_diagonal_(0)
         return gram.abs().max().item()
 
