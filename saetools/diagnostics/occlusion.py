@@ -32,11 +32,19 @@ attribute's best latent F1 is scored on held-out samples.
 **Over-splitting** (:func:`over_splitting`). For a value ``v`` of a binary attribute, the union
 of latents ``U`` is active on a prompt iff any latent of ``U`` is; its precision, recall and F1
 against ``a = v`` are defined as for one latent. Latents are added **greedily**: each step adds
-the latent that maximises the union's F1 (ties: the lowest latent index), stopping at
-``max_latents`` or when no latent raises the F1. The **count** is the number of latents at the
-first step where the union's F1 reaches ``target`` (0.9); it is an upper bound on the smallest
-such union (finding that one is a set-cover problem). Every greedy step scores all latents with
-one matrix-vector product.
+the candidate latent that maximises the union's F1 (ties: the lowest latent index), stopping at
+``max_latents`` or when no candidate raises the F1. **Candidates** are the latents whose own
+precision is at least ``target / (2 - target)`` (0.818 for 0.9): a union reaches F1 ``t`` only
+if its precision is at least ``t / (2 - t)`` (``F1 <= 2P / (1 + P)``), and a dense, imprecise
+latent would otherwise win the first step (a latent firing everywhere has F1 ``2/3`` for a
+balanced binary value, NOTES §2.11) and cap every later union below the target. The **count**
+is the number of latents at the first step where the union's F1 reaches ``target``; it is an
+upper bound on the smallest such union (finding that one is a set-cover problem). Every greedy
+step scores all latents with one matrix-vector product.
+
+**Dense baseline.** A latent that fires on every prompt has F1 ``2 n_v / (n + n_v)`` for a value
+with ``n_v`` of ``n`` prompts (``2/3`` for a balanced binary value); tables report it as
+``f1_dense`` so that a "best F1" near it reads as "no latent for this attribute".
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ __all__ = [
     "best_latent_f1",
     "code_norms",
     "greedy_union",
+    "node_edit_accuracy",
     "occlusion_table",
     "over_splitting",
     "toy_occlusion_data",
@@ -104,11 +113,14 @@ def code_norms(dictionary: SupervisedDictionary, spec: pd.DataFrame | None = Non
 def best_latent_f1(table: F1Table) -> dict[str, float]:
     """Best single-latent F1 of an attribute: per value ``v``, ``max_j F1(j, v)``; returns the
     mean over values (``best_f1``), the worst value's (``best_f1_min``) and the latent with the
-    highest F1 for any value (``best_latent``, ``best_f1_max``)."""
+    highest F1 for any value (``best_latent``, ``best_f1_max``), and ``f1_dense``, the mean over
+    values of the F1 a latent firing on every prompt would get (module docstring)."""
     per_value = table.f1.max(0).values
     flat = int(table.f1.argmax())
+    n = float(table.n_value.sum())
     return {"best_f1": float(per_value.mean()), "best_f1_min": float(per_value.min()),
-            "best_f1_max": float(per_value.max()), "best_latent": flat // table.f1.shape[1]}
+            "best_f1_max": float(per_value.max()), "best_latent": flat // table.f1.shape[1],
+            "f1_dense": float((2 * table.n_value / (n + table.n_value)).mean())}
 
 
 def occlusion_table(
@@ -134,7 +146,7 @@ def occlusion_table(
         One row per (node, attribute): ``node`` (``str(node)``), ``attribute``, ``code_norm``
         (RMS norm), ``strongest_other`` and ``other_norm`` (the largest other attribute's RMS
         norm), ``norm_ratio = code_norm / other_norm`` (below 1: the weaker attribute),
-        ``best_f1``, ``best_f1_min``, ``best_f1_max``, ``best_latent`` (see
+        ``best_f1``, ``best_f1_min``, ``best_f1_max``, ``best_latent``, ``f1_dense`` (see
         :func:`best_latent_f1`), then the ``edit_accuracy`` columns.
     """
     missing = [str(n) for n in supervised if n not in f1_tables]
@@ -162,6 +174,50 @@ def occlusion_table(
     return out
 
 
+def node_edit_accuracy(model, batch, cf_batches: Mapping[str, object], nodes: Sequence, *,
+                       acts: Mapping, cf_acts: Mapping[str, Mapping], supervised: Mapping,
+                       saes: Mapping[str, Mapping] | None = None,
+                       f1_tables: Mapping[str, Mapping[object, Mapping[str, F1Table]]] | None = None,
+                       **edit_kwargs) -> pd.DataFrame:
+    """Edit accuracy of every node on its own, per attribute, ready for :func:`occlusion_table`.
+
+    Runs :func:`~saetools.dictionaries.control.edit_cross_section` on a one-node cross-section
+    per (node, attribute in ``cf_batches``).
+
+    Args:
+        batch: the clean prompts; ``cf_batches`` per attribute, their counterfactuals.
+        nodes: the nodes to edit one at a time.
+        acts: per node, its vectors on ``batch``; ``cf_acts`` per attribute, per node, on the
+            counterfactuals.
+        supervised / saes: as for ``edit_cross_section`` (``saes``: per SAE name, per node).
+        f1_tables: per SAE name, per node, per attribute, the F1 table (interpretation-aware edits).
+        **edit_kwargs: passed on (e.g. ``supervised_methods=("arithmetic",)``, ``ns_aware``, ``ns_greedy``).
+
+    Returns:
+        One row per (node, attribute): ``node`` (``str``), ``attribute``, and
+        ``accuracy_<dictionary>_<method>`` for every edit row of ``edit_cross_section``
+        (``accuracy_none_none``, ``accuracy_supervised_arithmetic``, ``accuracy_<sae>_aware``,
+        ``accuracy_<sae>_greedy``, ...), the best over ``n`` where several ``n`` were run.
+    """
+    from saetools.dictionaries.control import edit_cross_section
+    from saetools.dictionaries.nodes import CrossSection
+
+    frames = []
+    for attr, cf_batch in cf_batches.items():
+        for node in tqdm(nodes, desc=f"edits ({attr})", leave=False):
+            tables = None if f1_tables is None else {k: {node: v[node][attr]} for k, v in f1_tables.items()}
+            df = edit_cross_section(model, batch, cf_batch, CrossSection(f"{attr} at {node}", attr, (node,)),
+                                    acts={node: acts[node]}, cf_acts={node: cf_acts[attr][node]},
+                                    supervised={node: supervised[node]},
+                                    saes=None if saes is None else {k: {node: v[node]} for k, v in saes.items()},
+                                    f1_tables=tables, **edit_kwargs)
+            frames.append(df.assign(node=str(node)))
+    long = pd.concat(frames, ignore_index=True)
+    long["column"] = "accuracy_" + long.dictionary.astype(str) + "_" + long.method.astype(str)
+    wide = long.pivot_table(index=["node", "attribute"], columns="column", values="accuracy", aggfunc="max")
+    return wide.reset_index().rename_axis(columns=None)
+
+
 # ---- over-splitting ----------------------------------------------------------------------------
 
 def _prf(tp: Tensor, size: Tensor, n_pos: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -172,7 +228,7 @@ def _prf(tp: Tensor, size: Tensor, n_pos: float) -> tuple[Tensor, Tensor, Tensor
 
 
 def greedy_union(active: Bool[Tensor, "n d_sae"], target: Bool[Tensor, " n"], *, max_latents: int = 64,
-                 stop_at: float | None = None) -> pd.DataFrame:
+                 stop_at: float | None = None, min_precision: float = 0.0) -> pd.DataFrame:
     """Greedy union of latents for one binary target (module docstring: over-splitting).
 
     Args:
@@ -181,6 +237,7 @@ def greedy_union(active: Bool[Tensor, "n d_sae"], target: Bool[Tensor, " n"], *,
         max_latents: most latents added.
         stop_at: stop once the union's F1 reaches this (``None``: run to ``max_latents`` or
             until no latent raises the F1).
+        min_precision: only latents with at least this precision are candidates.
 
     Returns:
         One row per step: ``step`` (1-based), ``latent`` (added), ``union_precision``,
@@ -194,7 +251,7 @@ def greedy_union(active: Bool[Tensor, "n d_sae"], target: Bool[Tensor, " n"], *,
     p1, r1, f1_1 = _prf(af.T @ yf, af.sum(0), n_pos)
     union = torch.zeros_like(y)
     tp_u, size_u, best_f1 = 0.0, 0.0, 0.0
-    used = torch.zeros(a.shape[1], dtype=torch.bool)
+    used = p1 < min_precision  # non-candidates are masked like used latents
     rows = []
     for step in range(1, min(max_latents, a.shape[1]) + 1):
         new = af * (~union).float()[:, None]            # latent's prompts not yet in the union
@@ -220,7 +277,8 @@ class OverSplitting:
 
     summary: pd.DataFrame
     """Per value: ``value``, ``count`` (latents for the union to reach ``target``; NaN when the
-    greedy union never does), ``best_single_f1``, ``final_union_f1`` and ``target``."""
+    greedy union never does), ``best_single_f1`` (any latent, candidate or not), ``f1_dense``,
+    ``final_union_f1`` (the greedy union's last F1; 0 without candidates), ``n_candidates`` and ``target``."""
     curve: pd.DataFrame
     """Per value and greedy step: the :func:`greedy_union` columns plus ``value``."""
     scatter: pd.DataFrame
@@ -235,7 +293,8 @@ class OverSplitting:
 
 
 def over_splitting(acts: Float[Tensor, "n d_sae"] | Bool[Tensor, "n d_sae"], labels, *,
-                   values: Sequence[str] | None = None, target: float = 0.9, max_latents: int = 64) -> OverSplitting:
+                   values: Sequence[str] | None = None, target: float = 0.9, max_latents: int = 64,
+                   min_precision: float | None = None) -> OverSplitting:
     """Latents needed for a union to reach F1 >= ``target`` for each value of an attribute.
 
     Args:
@@ -244,7 +303,11 @@ def over_splitting(acts: Float[Tensor, "n d_sae"] | Bool[Tensor, "n d_sae"], lab
         values: the values analysed (default: every value; for a binary attribute, both).
         target: the union F1 to reach (the paper's 0.9).
         max_latents: most latents the greedy union adds per value.
+        min_precision: candidates' least precision; default ``target / (2 - target)`` (module docstring).
     """
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {target}")
+    min_precision = target / (2 - target) if min_precision is None else min_precision
     active = acts if acts.dtype == torch.bool else acts != 0
     active = active.cpu()
     table = f1_scores(active, labels)
@@ -257,11 +320,14 @@ def over_splitting(acts: Float[Tensor, "n d_sae"] | Bool[Tensor, "n d_sae"], lab
     summaries, curves, scatters = [], [], []
     for v in values:  # one iteration per attribute value (2 for a binary attribute)
         col = table.values.index(v)
-        curve = greedy_union(active, torch.as_tensor(labels == v), max_latents=max_latents).assign(value=v)
+        curve = greedy_union(active, torch.as_tensor(labels == v), max_latents=max_latents,
+                             min_precision=min_precision).assign(value=v)
         reached = curve[curve.union_f1 >= target]
         summaries.append({"value": v, "count": float(reached.step.iloc[0]) if len(reached) else float("nan"),
                           "best_single_f1": float(table.f1[:, col].max()),
-                          "final_union_f1": float(curve.union_f1.max()) if len(curve) else 0.0, "target": target})
+                          "f1_dense": float(2 * table.n_value[col] / (len(labels) + table.n_value[col])),
+                          "final_union_f1": float(curve.union_f1.max()) if len(curve) else 0.0,
+                          "n_candidates": int((table.precision[:, col] >= min_precision).sum()), "target": target})
         step = np.full(table.f1.shape[0], np.nan)
         step[curve.latent.to_numpy()] = curve.step.to_numpy()
         scatters.append(pd.DataFrame({"value": v, "latent": np.flatnonzero(fires),
