@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from saetools.dictionaries.nodes import Node, end_logits_with_nodes, node_acts
+from saetools.dictionaries.nodes import Node, NodeRunner, node_acts
 from saetools.dictionaries.supervised import SAEDictionary, SupervisedDictionary
 from saetools.tasks import ioi
 
@@ -37,9 +37,11 @@ def _ld(end: Tensor, batch: ioi.IOIBatch) -> float:
     return float((end.gather(1, batch.io_ids[:, None]) - end.gather(1, batch.s_ids[:, None])).mean())
 
 
-def mean_logit_diff(model, batch: ioi.IOIBatch, replacements: Mapping[Node, object] | None = None) -> float:
+def mean_logit_diff(model, batch: ioi.IOIBatch, replacements: Mapping[Node, object] | None = None, *,
+                    runner: NodeRunner | None = None) -> float:
     """Mean logit difference with the given node replacements (none: the clean model)."""
-    return _ld(end_logits_with_nodes(model, batch, dict(replacements or {})), batch)
+    runner = runner if runner is not None else NodeRunner(model, batch)
+    return _ld(runner(dict(replacements or {})), batch)
 
 
 def reconstruction(dictionary, x: Tensor, batch: ioi.IOIBatch) -> Tensor:
@@ -83,22 +85,27 @@ class Approximation:
 
 @torch.no_grad()
 def approximation(model, batch: ioi.IOIBatch, dictionaries: Mapping[Node, object], *,
-                  acts: Mapping[Node, Tensor] | None = None, clean_ld: float | None = None) -> Approximation:
+                  acts: Mapping[Node, Tensor] | None = None, clean_ld: float | None = None,
+                  runner: NodeRunner | None = None) -> Approximation:
     """Sufficiency and necessity (module docstring) of ``dictionaries`` (node -> dictionary) on ``batch``.
 
     Args:
         acts: the nodes' clean vectors on ``batch`` if already computed (:func:`node_acts`).
         clean_ld: the clean mean logit difference if already computed.
+        runner: a :class:`NodeRunner` on ``batch`` to reuse across calls (it caches the clean prefix).
     """
+    if not dictionaries:
+        raise ValueError("dictionaries is empty: pass at least one node -> dictionary")
     nodes = list(dictionaries)
+    runner = runner if runner is not None else NodeRunner(model, batch)
     acts = dict(acts) if acts is not None else node_acts(model, batch, nodes)
-    clean = clean_ld if clean_ld is not None else mean_logit_diff(model, batch)
+    clean = clean_ld if clean_ld is not None else mean_logit_diff(model, batch, runner=runner)
     means = {n: acts[n].mean(0, keepdim=True).expand_as(acts[n]) for n in nodes}
-    mean_ab = mean_logit_diff(model, batch, means)
+    mean_ab = mean_logit_diff(model, batch, means, runner=runner)
     recon = mean_logit_diff(model, batch, {n: _in_flight(d, batch, acts[n], remove_mean_part=False)
-                                           for n, d in dictionaries.items()})
+                                           for n, d in dictionaries.items()}, runner=runner)
     nec = mean_logit_diff(model, batch, {n: _in_flight(d, batch, acts[n], remove_mean_part=True)
-                                         for n, d in dictionaries.items()})
+                                         for n, d in dictionaries.items()}, runner=runner)
     mses, ves = [], []
     for n, d in dictionaries.items():
         err = (acts[n] - reconstruction(d, acts[n], batch)).pow(2)

@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saetools.dictionaries.interpretability import F1Table
-from saetools.dictionaries.nodes import CrossSection, Node, end_logits_with_nodes
+from saetools.dictionaries.nodes import CrossSection, Node, NodeRunner
 from saetools.dictionaries.supervised import SAEDictionary, SupervisedDictionary, attribute_values
 from saetools.tasks import ioi
 
@@ -157,6 +157,7 @@ def edit_cross_section(
     supervised_methods: Sequence[str] = ("arithmetic", "zero_ablate_subspace", "mean_ablate_subspace"),
     ns_aware: Sequence[int] = (1, 2, 4, 8),
     ns_greedy: Sequence[int] = (2, 4, 8, 16),
+    runner: NodeRunner | None = None,
 ) -> pd.DataFrame:
     """Every edit of one cross-section, scored against counterfactual patching.
 
@@ -166,6 +167,7 @@ def edit_cross_section(
         supervised: a supervised dictionary per node.
         saes: per SAE variant name, an SAE per node; ``f1_tables`` the matching F1 tables for
             the section's attribute (needed for interpretation-aware edits).
+        runner: a :class:`NodeRunner` on ``batch`` to reuse across calls (it caches the clean prefix).
 
     Returns:
         One row per edit: ``section, attribute, dictionary, method, n, accuracy, agreement,
@@ -173,8 +175,11 @@ def edit_cross_section(
         the reference rows ``"patch"`` and ``"none"``.
     """
     nodes, attr = section.nodes, section.attribute
-    patched = end_logits_with_nodes(model, batch, {nd: cf_acts[nd] for nd in nodes})
-    clean = end_logits_with_nodes(model, batch, {})
+    if len(cf_batch) != len(batch):
+        raise ValueError(f"cf_batch has {len(cf_batch)} prompts, batch {len(batch)}: pass one counterfactual per prompt")
+    run = runner if runner is not None else NodeRunner(model, batch)
+    patched = run({nd: cf_acts[nd] for nd in nodes})
+    clean = run({})
     rows = []
 
     def row(dictionary, method, n, end, weight):
@@ -187,7 +192,7 @@ def edit_cross_section(
     sup_w = float(torch.stack([supervised_weight(supervised[nd], batch.spec, attr) for nd in nodes]).mean())
     for method in supervised_methods:
         edits = {nd: supervised[nd].edit(acts[nd], batch.spec, cf_batch.spec, attr, method) for nd in nodes}
-        row("supervised", method, 1, end_logits_with_nodes(model, batch, edits), sup_w)
+        row("supervised", method, 1, run(edits), sup_w)
     values, cf_values = attribute_values(batch.spec, attr), attribute_values(cf_batch.spec, attr)
     for name, per_node in (saes or {}).items():
         for n in ns_aware:
@@ -195,11 +200,11 @@ def edit_cross_section(
                 break
             out = {nd: sae_edit_aware(per_node[nd], acts[nd], cf_acts[nd], f1_tables[name][nd], values, cf_values, n)
                    for nd in nodes}
-            row(name, "aware", 2 * n, end_logits_with_nodes(model, batch, {nd: e for nd, (e, _) in out.items()}),
+            row(name, "aware", 2 * n, run({nd: e for nd, (e, _) in out.items()}),
                 float(torch.stack([w for _, w in out.values()]).mean()))
         for n in ns_greedy:
             out = {nd: sae_edit_greedy(per_node[nd], acts[nd], cf_acts[nd], n) for nd in nodes}
-            row(name, "greedy", n, end_logits_with_nodes(model, batch, {nd: e for nd, (e, _) in out.items()}),
+            row(name, "greedy", n, run({nd: e for nd, (e, _) in out.items()}),
                 float(torch.stack([w for _, w in out.values()]).mean()))
     df = pd.DataFrame(rows)
     acc_none = float(df.accuracy[df.method == "none"].iloc[0])

@@ -224,19 +224,26 @@ class SAEDictionary:
     """An SAE seen through the dictionary interface (``encode(x, spec)`` ignores ``spec``).
 
     Works for any sae-lens SAE whose input is the node's vector (per-node IOI SAEs, or an
-    attention SAE on a ``z`` node of all heads).
+    attention SAE on a ``z`` node of all heads). ``W_dec`` holds the *effective* decoder rows,
+    ``decode(f) = f @ W_dec + b_dec``, also for TopK SAEs that rescale activations by decoder
+    norms, so that edits and latent weights can be computed from ``f`` and ``W_dec`` alone.
     """
 
     def __init__(self, sae, node=None):
+        if not hasattr(sae, "encode") or not hasattr(sae, "W_dec"):
+            raise TypeError(f"expected a sae-lens SAE, got {type(sae).__name__}")
         self.sae, self.node = sae, node
 
     @property
-    def W_dec(self) -> Tensor:
-        return self.sae.W_dec.detach().float()
+    def W_dec(self) -> Float[Tensor, "d_sae d"]:
+        w = self.sae.W_dec.detach().float().cpu()
+        if getattr(self.sae.cfg, "rescale_acts_by_decoder_norm", False):
+            w = w / w.norm(dim=-1, keepdim=True)
+        return w
 
     @property
-    def b_dec(self) -> Tensor:
-        return self.sae.b_dec.detach().float()
+    def b_dec(self) -> Float[Tensor, " d"]:
+        return self.sae.b_dec.detach().float().cpu()
 
     @property
     def d_sae(self) -> int:
@@ -244,11 +251,13 @@ class SAEDictionary:
 
     @torch.no_grad()
     def encode(self, x: Float[Tensor, "n d"], spec: pd.DataFrame | None = None) -> Float[Tensor, "n d_sae"]:
-        return self.sae.encode(x.to(self.W_dec.device)).float()
+        if x.ndim != 2 or x.shape[1] != self.sae.cfg.d_in:
+            raise ValueError(f"x must be [n, d_in={self.sae.cfg.d_in}], got {tuple(x.shape)}")
+        return self.sae.encode(x.to(self.sae.W_dec.device, self.sae.W_dec.dtype)).float().cpu()
 
     @torch.no_grad()
     def decode(self, f: Float[Tensor, "n d_sae"]) -> Float[Tensor, "n d"]:
-        return self.sae.decode(f).float()
+        return f.float().cpu() @ self.W_dec + self.b_dec
 
     def reconstruct_acts(self, x: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
         return self.decode(self.encode(x))

@@ -2,9 +2,11 @@
 
 Their TopK SAEs keep the ``k`` largest raw pre-activations *even when negative* (sae-lens's
 ``topk`` applies a ReLU to them), have no encoder bias besides the pre-encoder ``b_dec``
-subtraction and do not renormalise the decoder during training. ``topk_signed`` is sae-lens's
-TopK with exactly that activation and ``rescale_acts_by_decoder_norm=False``; a latent is
-"active" when it is selected (its value is non-zero). Registered with sae-lens on import, so it
+subtraction, no auxiliary dead-latent loss (dead latents are resampled instead) and do not
+renormalise the decoder during training. ``topk_signed`` is sae-lens's TopK with exactly that
+activation, ``rescale_acts_by_decoder_norm=False``, ``aux_loss_coefficient=0`` and ``b_enc``
+frozen at zero (``train_b_enc=True`` trains it); a latent is "active" when it is selected (its
+value is non-zero). Registered with sae-lens on import, so it
 trains with the sae-lens trainer, saves, loads with ``SAE.load_from_disk`` and splices like a
 built-in SAE.
 """
@@ -60,6 +62,11 @@ class SignedTopKTrainingSAEConfig(TopKTrainingSAEConfig):
     """Training config of ``topk_signed`` (no decoder-norm rescaling, as in the paper)."""
 
     rescale_acts_by_decoder_norm: bool = False
+    """The paper does not renormalise the decoder."""
+    aux_loss_coefficient: float = 0.0
+    """The paper resamples dead latents instead of an AuxK loss (set > 0 for sae-lens's AuxK)."""
+    train_b_enc: bool = False
+    """The paper's TopK has no encoder bias: ``b_enc`` stays zero unless this is True."""
 
     @classmethod
     def architecture(cls) -> str:
@@ -71,6 +78,11 @@ class SignedTopKTrainingSAEConfig(TopKTrainingSAEConfig):
 
 class SignedTopKTrainingSAE(TopKTrainingSAE):
     """Training SAE: sae-lens's TopK training SAE with :class:`SignedTopK` as activation."""
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        if not getattr(self.cfg, "train_b_enc", False):
+            self.b_enc.requires_grad_(False)
 
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return SignedTopK(self.cfg.k)
