@@ -329,7 +329,7 @@ def over_splitting(acts: Float[Tensor, "n d_sae"] | Bool[Tensor, "n d_sae"], lab
                           "final_union_f1": float(curve.union_f1.max()) if len(curve) else 0.0,
                           "n_candidates": int((table.precision[:, col] >= min_precision).sum()), "target": target})
         step = np.full(table.f1.shape[0], np.nan)
-        step[curve.latent.to_numpy()] = curve.step.to_numpy()
+        step[curve.latent.to_numpy(dtype=np.int64)] = curve.step.to_numpy(dtype=float)
         scatters.append(pd.DataFrame({"value": v, "latent": np.flatnonzero(fires),
                                       "precision": table.precision[fires, col].numpy(),
                                       "recall": table.recall[fires, col].numpy(), "f1": table.f1[fires, col].numpy(),

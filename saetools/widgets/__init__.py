@@ -3,17 +3,22 @@
 from saetools.widgets.dashboard import dashboard_html, latent_browser, latent_html
 from saetools.widgets.html import OfflineHTML, attention_heads_html, table_html
 from saetools.widgets.ioi_panel import IOIPanel, PanelBackend
+from saetools.widgets.makelov import EditPlayground, OverSplittingExplorer, edit_table, oversplitting_figure
 from saetools.widgets.plots import heatmap, scatter_roles
 
 __all__ = [
+    "EditPlayground",
     "IOIPanel",
     "OfflineHTML",
+    "OverSplittingExplorer",
     "PanelBackend",
     "attention_heads_html",
     "dashboard_html",
+    "edit_table",
     "heatmap",
     "latent_browser",
     "latent_html",
+    "oversplitting_figure",
     "scatter_roles",
     "table_html",
 ]
