@@ -368,31 +368,37 @@ def attribute_patching(model, batch: ioi.IOIBatch, attribute: str, *, position: 
     counterfactual prompt that changes ``attribute`` (``"io"``, ``"s"`` or ``"pos"``,
     :func:`saetools.tasks.ioi.counterfactual`), one head at a time, batched over prompts.
 
+    Uses :class:`saetools.dictionaries.NodeRunner`, so with equal-length prompts and
+    ``position="END"`` each patch re-runs only the END token.
+
     Returns:
         One row per head: ``layer, head, changed`` (fraction of prompts whose top END prediction
         changes), ``logit_diff`` (mean clean-answer logit difference after the patch) and
         ``logit_diff_clean``. Heads with a large ``changed`` but no direct effect on the logits
         carry the attribute to later components (e.g. the bundled model's IO movers).
     """
+    from saetools.dictionaries.nodes import Node, NodeRunner, node_acts
+
+    if attribute not in ioi.ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {ioi.ATTRIBUTES}, got {attribute!r}")
+    if position not in ioi.POSITIONS:
+        raise ValueError(f"position must be one of {ioi.POSITIONS}, got {position!r}")
     names = names if names is not None else ioi.single_token_words(model, load_words("names"))
     cf = ioi.render(model, ioi.counterfactual(batch.spec, attribute, seed=seed, names=names))
     if cf.tokens.shape != batch.tokens.shape:
         raise ValueError("counterfactual prompts tokenize to a different layout; use single-token words")
-    rows = torch.arange(len(batch))
-    pos, cf_pos = batch.positions[position], cf.positions[position]
-    _, cache = model.run_with_cache(cf.tokens, names_filter=lambda n: n.endswith("attn.hook_z"))
-    clean_logits = model(batch.tokens)
-    clean_end, clean_ld = ioi.end_logits(clean_logits, batch), float(ioi.logit_diff(clean_logits, batch).mean())
+    heads = [Node(l, "z", position, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    src = node_acts(model, cf, heads)
+    runner = NodeRunner(model, batch)
+    clean_end = runner({})
+
+    def ld(end):
+        return float((end.gather(1, batch.io_ids[:, None]) - end.gather(1, batch.s_ids[:, None])).mean())
+
     out = []
-    for layer in range(model.cfg.n_layers):
-        src = cache[f"blocks.{layer}.attn.hook_z"][rows, cf_pos]
-        for head in range(model.cfg.n_heads):
-            def hook(z, hook, head=head, src=src):
-                z[rows, pos, head] = src[:, head]
-                return z
-            logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
-            end = ioi.end_logits(logits, batch)
-            out.append({"layer": layer, "head": head,
-                        "changed": float((end.argmax(-1) != clean_end.argmax(-1)).float().mean()),
-                        "logit_diff": float(ioi.logit_diff(logits, batch).mean()), "logit_diff_clean": clean_ld})
+    for node in heads:
+        end = runner({node: src[node]})
+        out.append({"layer": node.layer, "head": node.head,
+                    "changed": float((end.argmax(-1) != clean_end.argmax(-1)).float().mean()),
+                    "logit_diff": ld(end), "logit_diff_clean": ld(clean_end)})
     return pd.DataFrame(out)

@@ -24,11 +24,13 @@ from saetools.dictionaries.interpretability import F1Table, f1_scores, grouped_f
 from saetools.dictionaries.nodes import (
     CrossSection,
     Node,
+    NodeRunner,
     circuit_nodes,
     cross_sections,
     node_acts,
     run_with_nodes,
 )
+from saetools.dictionaries.ioi_saes import IOISAEConfig, train_node_sae, train_node_saes, webtext_attention_saes
 from saetools.dictionaries.supervised import (
     SAEDictionary,
     SupervisedDictionary,
@@ -37,8 +39,9 @@ from saetools.dictionaries.supervised import (
 )
 
 __all__ = [
-    "Approximation", "CrossSection", "F1Table", "Node", "SAEDictionary", "SupervisedDictionary",
+    "Approximation", "CrossSection", "F1Table", "IOISAEConfig", "Node", "NodeRunner", "SAEDictionary", "SupervisedDictionary",
     "agreement_score", "approximation", "attribute_values", "circuit_nodes", "cross_sections", "edit_accuracy",
     "edit_cross_section", "f1_scores", "fit_supervised", "grouped_f1", "latent_weights", "ld_recovered",
     "mean_max_cosine", "node_acts", "run_with_nodes", "sae_edit_aware", "sae_edit_greedy",
+    "train_node_sae", "train_node_saes", "webtext_attention_saes",
 ]
