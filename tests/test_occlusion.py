@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-from saetools.dictionaries import f1_scores, fit_supervised
 from saetools.diagnostics.occlusion import (
     ToyOcclusionConfig,
     best_latent_f1,
@@ -20,6 +19,7 @@ from saetools.diagnostics.occlusion import (
     toy_occlusion_data,
     toy_occlusion_sweep,
 )
+from saetools.dictionaries import f1_scores, fit_supervised
 
 ATOL = 1e-5  # float32 sums of a few thousand terms
 

@@ -267,8 +267,8 @@ def greedy_union(active: Bool[Tensor, "n d_sae"], target: Bool[Tensor, " n"], *,
                      "union_f1": float(uf), "precision": float(p1[j]), "recall": float(r1[j]), "f1": float(f1_1[j])})
         if stop_at is not None and best_f1 >= stop_at:
             break
-    return pd.DataFrame(rows, columns=["step", "latent", "union_precision", "union_recall", "union_f1",
-                                       "precision", "recall", "f1"])
+    cols = ["step", "latent", "union_precision", "union_recall", "union_f1", "precision", "recall", "f1"]
+    return pd.DataFrame(rows, columns=cols).astype({c: "int64" if c in ("step", "latent") else "float64" for c in cols})
 
 
 @dataclass

@@ -48,7 +48,8 @@ def figure_svg(fig) -> str:
 
     buf = io.StringIO()
     try:
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+        with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, searchable
+            fig.savefig(buf, format="svg", bbox_inches="tight")
     finally:
         plt.close(fig)
     svg = buf.getvalue()
@@ -86,7 +87,7 @@ def oversplitting_figure(result, value: str, *, title: str = ""):
             xlim=(-0.02, 1.02), ylim=(-0.02, 1.05))
     ax1.set_title(f"{title} {value}: per-latent precision / recall".strip(), fontsize=9)
     ax1.legend(fontsize=7, loc="lower left")
-    ax2.plot(cu.step, cu.union_f1, marker="o", ms=3, label="union F1 (greedy)")
+    ax2.plot(cu.step.to_numpy(float), cu.union_f1.to_numpy(float), marker="o", ms=3, label="union F1 (greedy)")
     ax2.axhline(result.target, ls="--", c="C3", lw=0.8, label=f"target {result.target:g}")
     ax2.axhline(row.f1_dense, ls=":", c="grey", lw=0.8, label="latent firing everywhere")
     if np.isfinite(row["count"]):
