@@ -5,7 +5,11 @@ values per prompt (IO name, S name, Pos = the pattern ABB / BAB):
 
 * ``method="mean"`` (the paper's headline): bias ``u_bias = mean(A)`` and, for each attribute
   group ``g`` and value ``v``, the **mean-centred conditional mean**
-  ``u_{g,v} = mean_{p : g(p) = v} (A_p - u_bias)``;
+  ``u_{g,v} = mean_{p : g(p) = v} (A_p - u_bias)``. Groups that share an attribute (the
+  coupled ``(io, pos)`` and ``(s, pos)``) are fitted in order, each on what the earlier
+  overlapping groups leave (``A_p - u_bias - u_{g1, g1(p)}``): otherwise both joint tables
+  would carry the shared attribute's main effect and the reconstruction would count it twice.
+  Disjoint groups (the independent parametrization) are plain conditional means, as in the paper;
 * ``method="lstsq"``: the MSE-optimal codes, the minimum-norm least-squares solution of
   ``[1 | C] X = A`` (``C`` the one-hot design of all groups), re-centred per group (each code
   minus its frequency-weighted mean, moved into the bias) so that they are comparable with the
@@ -199,11 +203,13 @@ def fit_supervised(acts: Float[Tensor, "n d"], spec: pd.DataFrame, *,
     bias = acts.mean(0)
     codes = {}
     if method == "mean":
-        centred = acts - bias
-        for g, (ids, uniq) in labels.items():
+        resid = acts - bias
+        for i, (g, (ids, uniq)) in enumerate(labels.items()):
             ids_t = torch.as_tensor(ids)
-            sums = torch.zeros(len(uniq), acts.shape[1]).index_add_(0, ids_t, centred)
+            sums = torch.zeros(len(uniq), acts.shape[1]).index_add_(0, ids_t, resid)
             codes[g] = sums / torch.bincount(ids_t, minlength=len(uniq)).clamp_min(1)[:, None]
+            if any(set(h) & set(g) for h in groups[i + 1 :]):
+                resid = resid - codes[g][ids_t]  # a later group sharing an attribute fits what is left
     elif method == "lstsq":
         design = [torch.ones(len(spec), 1)] + [torch.nn.functional.one_hot(torch.as_tensor(ids), len(uniq)).float()
                                                for ids, uniq in labels.values()]
