@@ -224,3 +224,45 @@ def test_config_errors_name_the_field():
         over_splitting(torch.ones(4, 2), ["a", "b", "a", "b"], values=["c"])
     with pytest.raises(ValueError, match="target"):
         over_splitting(torch.ones(4, 2), ["a", "b", "a", "b"], target=1.5)
+
+
+def test_node_edit_accuracy_matches_edit_cross_section(bundled_model_shared):
+    from saetools.diagnostics.occlusion import node_edit_accuracy
+    from saetools.dictionaries import (
+        CrossSection,
+        Node,
+        SAEDictionary,
+        attribute_values,
+        edit_cross_section,
+        node_acts,
+    )
+    from saetools.saes import load_bundled_sae
+    from saetools.tasks import ioi
+
+    model = bundled_model_shared
+    spec = ioi.makelov_spec(48, seed=0)
+    cf_specs = {a: ioi.counterfactual(spec, a, seed=1) for a in ("io", "pos")}
+    batch = ioi.render(model, spec)
+    cf_batches = {a: ioi.render(model, s) for a, s in cf_specs.items()}
+    nodes = [Node(2, "resid_pre", "END"), Node(2, "resid_pre", "S2")]
+    acts, cf_acts = node_acts(model, batch, nodes), {a: node_acts(model, b, nodes) for a, b in cf_batches.items()}
+    both = pd.concat([spec, *cf_specs.values()], ignore_index=True)  # every clean and counterfactual value
+    sup = {n: fit_supervised(torch.cat([acts[n], cf_acts["io"][n], cf_acts["pos"][n]]), both) for n in nodes}
+    sae = SAEDictionary(load_bundled_sae("resid2-topk16"))
+    tables = {n: {a: f1_scores(sae.encode(torch.cat([acts[n], cf_acts[a][n]])),
+                               np.concatenate([attribute_values(spec, a), attribute_values(cf_specs[a], a)]))
+                  for a in ("io", "pos")} for n in nodes}
+    kw = {"supervised_methods": ("arithmetic",), "ns_aware": (1, 2), "ns_greedy": (2,)}
+    got = node_edit_accuracy(model, batch, cf_batches, nodes, acts=acts, cf_acts=cf_acts, supervised=sup,
+                             saes={"topk": {n: sae for n in nodes}}, f1_tables={"topk": tables}, **kw)
+    assert len(got) == 4 and set(got.node) == {str(n) for n in nodes}
+    node, attr = nodes[1], "pos"  # reference: the one-node cross-section run directly
+    ref = edit_cross_section(model, batch, cf_batches[attr], CrossSection("ref", attr, (node,)), acts=acts,
+                             cf_acts=cf_acts[attr], supervised=sup, saes={"topk": {node: sae}},
+                             f1_tables={"topk": {node: tables[node][attr]}}, **kw)
+    row = got.set_index(["node", "attribute"]).loc[(str(node), attr)]
+    assert row.accuracy_patch_patch == 1.0
+    assert row.accuracy_supervised_arithmetic == pytest.approx(ref.accuracy[ref.dictionary == "supervised"].max())
+    assert row.accuracy_topk_aware == pytest.approx(ref.accuracy[ref.method == "aware"].max())
+    assert row.accuracy_topk_greedy == pytest.approx(ref.accuracy[ref.method == "greedy"].max())
+    assert row.accuracy_none_none == pytest.approx(ref.accuracy[ref.method == "none"].iloc[0])

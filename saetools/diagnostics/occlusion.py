@@ -200,8 +200,9 @@ def node_edit_accuracy(model, batch, cf_batches: Mapping[str, object], nodes: Se
         ``accuracy_<sae>_greedy``, ...), the best over ``n`` where several ``n`` were run.
     """
     from saetools.dictionaries.control import edit_cross_section
-    from saetools.dictionaries.nodes import CrossSection
+    from saetools.dictionaries.nodes import CrossSection, NodeRunner
 
+    edit_kwargs.setdefault("runner", NodeRunner(model, batch))  # one cached clean prefix for every call
     frames = []
     for attr, cf_batch in cf_batches.items():
         for node in tqdm(nodes, desc=f"edits ({attr})", leave=False):
