@@ -133,8 +133,10 @@ class ToySuperposition:
     @property
     def coherence(self) -> float:
         """``max_{i != j} |<w_i, w_j>|``: the smallest ``epsilon`` for which the directions are
-        epsilon-quasi-orthogonal (NOTES §1.1)."""
-        w = self.W.double()  # float64, so the value is exact for the stored float32 directions
+        epsilon-quasi-orthogonal (NOTES §1.1), computed in float64 on the rows renormalised in
+        float64 (the stored float32 rows are unit only to about 1e-7)."""
+        w = self.W.double()
+        w = w / w.norm(dim=-1, keepdim=True)  # float64 unit rows: exact up to float64 rounding
         gram = w @ w.T
         gram.fill_diagonal_(0)
         return gram.abs().max().item()

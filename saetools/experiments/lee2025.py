@@ -156,9 +156,11 @@ def toy_bounds(toy: ToySuperposition, n: int, *, seed: int, name: str) -> tuple[
     the fraction inside the paper's ``c = 0.25`` band, and ``||f|| / ||z||`` quantiles.
     """
     batch = toy.sample(n, seed=seed)
-    z = batch.f.double() @ toy.W.double()  # noise- and bias-free, float64: the codes explain z exactly
-    data = zf_data_from_codes(z, batch.f, toy.W, name=name, include_bias=False)
-    l1 = zf_data_from_codes(z, batch.f, toy.W, name=name, include_bias=False, denominator="l1").eps_lbo
+    W = toy.W.double()
+    W = W / W.norm(dim=-1, keepdim=True)  # float64 unit rows, as the theorem assumes (and toy.coherence uses)
+    z = batch.f.double() @ W  # noise- and bias-free: the codes explain z exactly
+    data = zf_data_from_codes(z, batch.f, W, name=name, include_bias=False)
+    l1 = zf_data_from_codes(z, batch.f, W, name=name, include_bias=False, denominator="l1").eps_lbo
     eps = toy.coherence
     c = eps * (toy.cfg.h - 1)
     ratio = data.ratio[np.isfinite(data.ratio)]
