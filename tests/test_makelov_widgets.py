@@ -160,3 +160,23 @@ def test_widgets_import_no_model_code():
                   or m.startswith(("saetools.dictionaries", "saetools.diagnostics", "saetools.models"))}
     assert not model_code, model_code
     assert "saetools.widgets.html" in imported  # sanity: the walk sees the imports
+
+
+def test_toy_and_occlusion_figures_plot_the_table():
+    import matplotlib.pyplot as plt
+
+    from saetools.widgets.makelov import occlusion_figure, toy_occlusion_figure
+
+    toy = pd.DataFrame({"ratio": [0.5, 1.0, 2.0], "best_f1_a": [0.1, 0.4, 0.9], "best_f1_b": [1.0, 0.6, 0.1],
+                        "f1_dense_b": [2 / 3] * 3})
+    fig = toy_occlusion_figure(toy)
+    np.testing.assert_allclose(np.asarray(fig.axes[0].lines[1].get_ydata(), float), toy.best_f1_b)
+    plt.close(fig)
+    occ = pd.DataFrame({"node": ["a", "a", "b"], "attribute": ["io", "pos", "pos"], "norm_ratio": [2.0, 0.1, 0.8],
+                        "best_f1": [0.9, 0.66, 0.95], "f1_dense": [0.01, 2 / 3, 2 / 3]})
+    fig = occlusion_figure(occ)
+    pos = fig.axes[0].collections[2].get_offsets()  # io, its dense marks, then pos
+    np.testing.assert_allclose(np.asarray(pos), [[0.1, 0.66], [0.8, 0.95]])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="not in the occlusion table"):
+        occlusion_figure(occ, y="accuracy")

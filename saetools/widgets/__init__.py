@@ -3,7 +3,14 @@
 from saetools.widgets.dashboard import dashboard_html, latent_browser, latent_html
 from saetools.widgets.html import OfflineHTML, attention_heads_html, table_html
 from saetools.widgets.ioi_panel import IOIPanel, PanelBackend
-from saetools.widgets.makelov import EditPlayground, OverSplittingExplorer, edit_table, oversplitting_figure
+from saetools.widgets.makelov import (
+    EditPlayground,
+    OverSplittingExplorer,
+    edit_table,
+    occlusion_figure,
+    oversplitting_figure,
+    toy_occlusion_figure,
+)
 from saetools.widgets.plots import heatmap, scatter_roles
 
 __all__ = [
@@ -18,7 +25,9 @@ __all__ = [
     "heatmap",
     "latent_browser",
     "latent_html",
+    "occlusion_figure",
     "oversplitting_figure",
     "scatter_roles",
     "table_html",
+    "toy_occlusion_figure",
 ]

@@ -37,7 +37,10 @@ import pandas as pd
 
 from saetools.widgets.html import OfflineHTML, table_html
 
-__all__ = ["EditPlayground", "OverSplittingExplorer", "edit_table", "figure_svg", "oversplitting_figure"]
+__all__ = [
+    "EditPlayground", "OverSplittingExplorer", "edit_table", "figure_svg", "occlusion_figure", "oversplitting_figure",
+    "toy_occlusion_figure",
+]
 
 _EDIT_COLUMNS = ("edit", "token", "logit")
 
@@ -99,6 +102,46 @@ def oversplitting_figure(result, value: str, *, title: str = ""):
     fig.tight_layout()
     return fig
 
+
+
+def toy_occlusion_figure(table: pd.DataFrame, *, ax=None):
+    """Best latent F1 of both toy attributes vs ``alpha / beta`` (a
+    :class:`~saetools.diagnostics.occlusion.ToyOcclusionResult` ``table``)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(table.ratio, table.best_f1_a, marker="o", label="A (many values): best latent F1")
+    ax.plot(table.ratio, table.best_f1_b, marker="s", label="B (binary): best latent F1")
+    ax.plot(table.ratio, table.f1_dense_b, ls=":", c="grey", label="B: latent firing everywhere")
+    ax.axvline(1.0, c="grey", lw=0.6)
+    ax.set(xscale="log", xlabel="alpha / beta (norm of A's codes over B's)", ylabel="mean over values of max_j F1",
+           ylim=(0, 1.02))
+    ax.set_xticks(list(table.ratio), [f"{r:g}" for r in table.ratio])
+    ax.set_title("toy occlusion: the weaker attribute loses its latents", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def occlusion_figure(table: pd.DataFrame, *, y: str = "best_f1", ax=None):
+    """One point per (node, attribute) of an occlusion table: code-norm ratio vs ``y``
+    (``best_f1`` or an edit-accuracy column), coloured by attribute."""
+    import matplotlib.pyplot as plt
+
+    if y not in table.columns:
+        raise ValueError(f"column {y!r} not in the occlusion table (columns: {list(table.columns)})")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.6))
+    for attr, sel in table.groupby("attribute", sort=True):
+        ax.scatter(sel.norm_ratio, sel[y], s=24, label=attr)
+        if y == "best_f1":
+            ax.scatter(sel.norm_ratio, sel.f1_dense, s=10, marker="_", c="grey")
+    ax.axvline(1.0, c="grey", lw=0.6)
+    ax.set(xscale="log", xlabel="code-norm ratio (RMS norm / strongest other attribute's)", ylabel=y)
+    ax.set_title(f"occlusion: {y} vs code-norm ratio" + (" (grey: dense-latent F1)" if y == "best_f1" else ""),
+                 fontsize=9)
+    ax.legend(fontsize=7, title="attribute", title_fontsize=7)
+    return ax.figure
 
 class OverSplittingExplorer:
     """Pick a node and an attribute: precision-recall scatter of the latents and the union-F1 curve.
