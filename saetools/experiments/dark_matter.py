@@ -1,0 +1,393 @@
+"""SAE dark matter across widths (Engels, Smith & Tegmark 2024, arXiv 2410.14670; NOTES §4).
+
+A series of SAEs at fixed L0 and growing width on one residual stream: TopK SAEs trained here
+with :func:`saetools.train_sae` (``source="train"``), or sae-lens's GPT-2 feature-splitting
+series (``source="pretrained"``, NOTES §4.4). On held-out tokens (early positions dropped,
+:func:`~saetools.diagnostics.dark_matter.position_mask`) each SAE's error is split into its
+linear prediction from ``x`` and the rest (:mod:`saetools.diagnostics.dark_matter`), each
+token is re-encoded by gradient pursuit at the SAE's own L0 (:mod:`saetools.pursuit`), and the
+parts are spliced back into the model. One fit/eval split serves every regression.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from saetools.diagnostics import dark_matter as dm
+from saetools.pursuit import sae_gradient_pursuit
+
+__all__ = ["NORM_GAP", "DarkMatterConfig", "DarkMatterResult", "check", "figure_downstream", "figure_predictability",
+           "figure_scaling", "figures", "run"]
+
+FEATURE_SPLITTING = tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288, 24576, 49152, 98304))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DarkMatterConfig:
+    """What to analyse."""
+
+    source: Literal["train", "pretrained"] = "train"
+    """``"train"``: TopK SAEs trained here on the bundled corpus; ``"pretrained"``: sae-lens releases."""
+    layer: int | None = None
+    """Analyse ``blocks.{layer}.hook_resid_pre``; default the middle layer (needs ``layer >= 1``)."""
+    widths: tuple[int, ...] = (128, 256, 512, 1024)
+    """Latents of the trained series (``source="train"``); at least ``d_model`` each, the regime of
+    real SAEs (an undercomplete SAE leaves a large linear error, NOTES §4.2)."""
+    k: int = 8
+    """TopK's L0, the same for every width (``source="train"``)."""
+    prev_width: int = 128
+    """Latents of the SAE trained on the previous layer's residual (component regressions)."""
+    n_train_documents: int = 1200
+    """Corpus documents whose activations train the SAEs."""
+    total_samples: int = 50_000
+    """Training activations per SAE."""
+    batch_size: int = 256
+    """Activations per training step."""
+    lr: float = 5e-3
+    """Adam learning rate."""
+    pretrained_release: str = "gpt2-small-res-jb-feature-splitting"
+    """sae-lens release of the width series (``source="pretrained"``)."""
+    pretrained_ids: tuple[str, ...] = FEATURE_SPLITTING
+    """Its SAE ids, one per width; their hook sets ``layer``."""
+    prev_release: str = "gpt2-small-res-jb"
+    """Release with an SAE at ``blocks.{layer - 1}.hook_resid_pre`` (``source="pretrained"``)."""
+    dataset: str = "NeelNanda/pile-10k"
+    """Hugging Face text dataset of the analysed tokens (``source="pretrained"``)."""
+    n_rows: int = 2000
+    """Dataset rows of ``context_size`` tokens (``source="pretrained"``)."""
+    context_size: int = 128
+    """Row length for the dataset (the feature-splitting SAEs were trained on 128-token contexts)."""
+    n_documents: int = 600
+    """Held-out corpus documents analysed (``source="train"``)."""
+    n_splice_rows: int = 96
+    """Context rows on which each part is spliced to measure CE (the first rows analysed)."""
+    drop_first: int = 4
+    """Positions dropped at the start of every context (BOS / attention-sink tokens; the paper
+    drops 10 of 512 on GPT-2, 200 of 1024 on Gemma)."""
+    pursuit_variant: Literal["nonzero", "persistent"] = "nonzero"
+    """Gradient pursuit's selected set: the dark-matter authors' recomputed ``w != 0`` set, or a
+    persistent one (:mod:`saetools.pursuit`)."""
+    pursuit_max_elements: int = 2**25
+    """Memory bound of one pursuit chunk (floats)."""
+    noise_ablate_fractions: tuple[float, ...] = (0.0, 0.5)
+    """Synthetic model: fractions of live latents removed (lowest mean activation first)."""
+    noise_sigmas: tuple[float, ...] = (0.0, 1.0)
+    """Synthetic model: noise levels added to the activation and to the reconstruction."""
+    seed: int = 0
+    """Seeds the corpus, the training and the fit/eval split."""
+
+    def __post_init__(self):
+        for name in ("k", "prev_width", "n_train_documents", "total_samples", "batch_size", "n_rows",
+                     "context_size", "n_documents", "n_splice_rows", "pursuit_max_elements"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DarkMatterConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.source not in ("train", "pretrained"):
+            raise ValueError(f"DarkMatterConfig.source must be 'train' or 'pretrained', got {self.source!r}")
+        series = self.widths if self.source == "train" else self.pretrained_ids
+        if len(series) < 3:
+            raise ValueError("DarkMatterConfig needs >= 3 SAEs in the series (widths or pretrained_ids) "
+                             "to fit a power law plus constant")
+        if self.source == "train" and (list(self.widths) != sorted(set(self.widths)) or min(self.widths) <= self.k):
+            raise ValueError(f"DarkMatterConfig.widths must be increasing and above k={self.k}, got {self.widths}")
+        if self.drop_first < 0:
+            raise ValueError(f"DarkMatterConfig.drop_first must be >= 0, got {self.drop_first}")
+        if self.pursuit_variant not in ("nonzero", "persistent"):
+            raise ValueError(f"DarkMatterConfig.pursuit_variant must be 'nonzero' or 'persistent', "
+                             f"got {self.pursuit_variant!r}")
+
+    @classmethod
+    def profile(cls, name: str) -> DarkMatterConfig:
+        """``"smoke"`` (the bundled model on a CPU, under a minute) or ``"full"`` (GPT-2, a GPU)."""
+        if name == "smoke":
+            return cls()
+        if name == "full":
+            return cls(source="pretrained", drop_first=10, pursuit_max_elements=2**28, n_splice_rows=512,
+                       noise_ablate_fractions=(0.0, 0.25, 0.5), noise_sigmas=(0.0, 0.5, 1.0))
+        raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
+
+
+@dataclass
+class DarkMatterResult:
+    """Everything the notebook shows."""
+
+    config: DarkMatterConfig
+    """The configuration run."""
+    table: pd.DataFrame
+    """One row per SAE (by width): L0, FVUs of Sae / Sae + LinearError / Sae + NonlinearError /
+    pursuit / pursuit + its LinearError, vector / pooled / norm R^2, spliced CEs."""
+    power_law: dm.PowerLawFit
+    """``FVU(Sae) ≈ c + a W^m`` (parameters and method: :func:`~saetools.diagnostics.dark_matter.fit_power_law`)."""
+    regions: pd.DataFrame
+    """:func:`~saetools.diagnostics.dark_matter.scaling_regions` per width (with the asymptote of ``fvu_sae``)."""
+    trend: dict[str, float]
+    """The nonlinear error's trend with width: the slope of ``fvu_sae_linear`` per doubling
+    (least squares in log2 width) and its relative change smallest -> largest, with the same
+    for ``fvu_sae``."""
+    norm_r2: np.ndarray
+    """``[i, j]``: R^2 of ``||SaeError_j||`` from ``||SaeError_i||`` (per token, with intercept)."""
+    norm_r2_with_nonlinear: np.ndarray
+    """The same with ``||NonlinearError_i||`` as a second regressor."""
+    norm_excerpt: np.ndarray
+    """``||SaeError||`` of every SAE on 100 consecutive analysed tokens ``[widths, 100]``."""
+    components: pd.DataFrame
+    """:func:`~saetools.diagnostics.dark_matter.component_regressions` onto the widest SAE's errors."""
+    noise: pd.DataFrame
+    """:func:`~saetools.diagnostics.dark_matter.noise_injection` on the widest SAE."""
+    seconds: float = 0.0
+    """Wall time of :func:`run`."""
+    meta: dict = field(default_factory=dict)
+    """Hook names, token counts, the config as a dict."""
+
+
+def _series(model, cfg: DarkMatterConfig, hook: str, prev_hook: str) -> tuple[list, object]:
+    """The width series and the previous layer's SAE."""
+    if cfg.source == "pretrained":
+        from saetools.saes import load_pretrained_sae
+
+        dev = str(model.cfg.device)
+        saes = [load_pretrained_sae(cfg.pretrained_release, i, device=dev) for i in cfg.pretrained_ids]
+        return saes, load_pretrained_sae(cfg.prev_release, prev_hook, device=dev)
+    from sae_lens import TopKTrainingSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from saetools.training import collect_activations, corpus_tokens, train_sae
+
+    tokens, keep = corpus_tokens(model, cfg.n_train_documents, seed=cfg.seed)
+    out = {}
+    for name, widths in ((hook, cfg.widths), (prev_hook, (cfg.prev_width,))):
+        acts = collect_activations(model, tokens, name, mask=keep)
+        for w in widths:
+            sae_cfg = TopKTrainingSAEConfig(k=cfg.k, d_in=acts.shape[1], d_sae=w, metadata=SAEMetadata(hook_name=name),
+                                            normalize_activations="expected_average_only_in")
+            out[(name, w)] = train_sae(acts, sae_cfg, total_samples=cfg.total_samples, batch_size=cfg.batch_size,
+                                       lr=cfg.lr, seed=cfg.seed + w)
+    saes = [out[(hook, w)] for w in cfg.widths]
+    return saes, out[(prev_hook, cfg.prev_width)]
+
+
+def _analysis_tokens(model, cfg: DarkMatterConfig):
+    if cfg.source == "pretrained":
+        from saetools.training import dataset_tokens
+
+        tokens = dataset_tokens(model, cfg.dataset, n_rows=cfg.n_rows, context_size=cfg.context_size)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+    from saetools.training import corpus_tokens
+
+    return corpus_tokens(model, cfg.n_documents, seed=cfg.seed + 10_000)
+
+
+def _trend(widths: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    slope = float(np.polyfit(np.log2(widths), values, 1)[0])
+    return slope, float(values[-1] / values[0] - 1)
+
+
+def run(model, cfg: DarkMatterConfig) -> DarkMatterResult:
+    """Build or load the width series, decompose each SAE's error, fit, pursue and splice."""
+    t0 = time.perf_counter()
+    if cfg.source == "pretrained":
+        layer = int(cfg.pretrained_ids[0].split(".")[1])
+    else:
+        layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
+    if not 1 <= layer < model.cfg.n_layers:
+        raise ValueError(f"DarkMatterConfig.layer must be in [1, {model.cfg.n_layers}) (the previous layer "
+                         f"feeds the component regressions), got {layer}")
+    hook, prev = f"blocks.{layer}.hook_resid_pre", f"blocks.{layer - 1}.hook_resid_pre"
+    parts = {"attn z": f"blocks.{layer - 1}.attn.hook_z", "attn out": f"blocks.{layer - 1}.hook_attn_out",
+             "mlp out": f"blocks.{layer - 1}.hook_mlp_out"}
+    saes, prev_sae = _series(model, cfg, hook, prev)
+    for s in saes:
+        if s.cfg.metadata.hook_name != hook:
+            raise ValueError(f"every SAE of the series must read {hook}, got {s.cfg.metadata.hook_name}")
+    tokens, keep = _analysis_tokens(model, cfg)
+    mask = dm.position_mask(tokens, drop_first=cfg.drop_first, keep=keep)
+    dev = model.cfg.device
+    acts = {k: v.to(dev) for k, v in dm.collect_hooks(model, tokens, [hook, prev, *parts.values()], mask).items()}
+    x = acts[hook]
+    split = dm.split_halves(x.shape[0], seed=cfg.seed)
+
+    rows, decs = [], []
+    for sae in saes:
+        dec = dm.decompose(sae, x, split=split)
+        gp = sae_gradient_pursuit(sae, x, variant=cfg.pursuit_variant, max_elements=cfg.pursuit_max_elements)
+        gp_dec = dm.decompose_reconstruction(x, gp.reconstruction.to(x), split=split)
+        ce = dm.splice_ce(model, sae, dec.linear, tokens[: cfg.n_splice_rows], mask[: cfg.n_splice_rows])
+        rows.append({"width": sae.cfg.d_sae, **{k: v for k, v in dec.summary().items() if k not in ("n_fit", "n_eval")},
+                     "fvu_pursuit": gp_dec.fvu_sae(), "fvu_pursuit_linear": gp_dec.fvu_sae_linear(),
+                     "pursuit_l0": float(gp.l0.double().mean()), **{f"ce_{k}": v for k, v in ce.items()}})
+        decs.append(dec)
+    table = pd.DataFrame(rows)
+    w = table.width.to_numpy(float)
+    # CE cost per unit of FVU of the part left in: the nonlinear error in Sae + LinearError, the linear in Sae + Nonlinear
+    table["ce_per_fvu_nonlinear"] = table["ce_delta_sae+linear"] / table.fvu_sae_linear
+    table["ce_per_fvu_linear"] = table["ce_delta_sae+nonlinear"] / table.fvu_sae_nonlinear
+    law = dm.fit_power_law(w, table.fvu_sae)
+    regions = dm.scaling_regions(table.fvu_sae, table.fvu_sae_linear, table.fvu_pursuit_linear, law.c)
+    regions.insert(0, "width", table.width)
+    trend = {}
+    for c in ("fvu_sae_linear", "fvu_sae"):
+        trend[f"{c}_slope_per_doubling"], trend[f"{c}_relative_change"] = _trend(w, table[c].to_numpy(float))
+
+    fit_idx, eval_idx = split
+    norms = torch.stack([d.sae_error.norm(dim=-1) for d in decs]).cpu()
+    nl_norms = torch.stack([d.nonlinear_error.norm(dim=-1) for d in decs]).cpu()
+    r = dm.norm_r2_matrix(norms, fit_idx, eval_idx)
+    r_nl = dm.norm_r2_matrix(norms, fit_idx, eval_idx, extra=nl_norms)
+
+    top, prev_dec = decs[-1], dm.decompose(prev_sae, acts[prev], split=split)
+    sources = {"x (this layer)": x, "Sae(x)": top.sae_out, "prev resid": acts[prev],
+               "prev Sae": prev_dec.sae_out, "prev SaeError": prev_dec.sae_error,
+               "prev NonlinearError": prev_dec.nonlinear_error, **{k: acts[v] for k, v in parts.items()}}
+    targets = {"SaeError": top.sae_error, "LinearError": top.linear_error, "NonlinearError": top.nonlinear_error}
+    components = dm.component_regressions(sources, targets, fit_idx, eval_idx)
+    noise = dm.noise_injection(saes[-1], x, ablate_fractions=cfg.noise_ablate_fractions,
+                               act_sigmas=cfg.noise_sigmas, recon_sigmas=cfg.noise_sigmas, seed=cfg.seed)
+    return DarkMatterResult(
+        config=cfg, table=table, power_law=law, regions=regions, trend=trend, norm_r2=r,
+        norm_r2_with_nonlinear=r_nl, norm_excerpt=norms[:, :100].numpy(), components=components, noise=noise,
+        seconds=time.perf_counter() - t0,
+        meta={"hook_name": hook, "prev_hook_name": prev, "component_hooks": parts, "tokens": int(x.shape[0]),
+              "fit_tokens": len(fit_idx), "eval_tokens": len(eval_idx), "prev_sae_width": prev_sae.cfg.d_sae,
+              "config": asdict(cfg)})
+
+
+def figure_scaling(result: DarkMatterResult):
+    """FVU vs width with the power-law fits, and the stacked absent / linear / nonlinear / encoder regions."""
+    import matplotlib.pyplot as plt
+
+    t, law = result.table, result.power_law
+    grid = np.geomspace(t.width.min(), t.width.max(), 100)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    for col, label in (("fvu_sae", "Sae"), ("fvu_sae_linear", "Sae + LinearError"),
+                       ("fvu_pursuit_linear", "pursuit + its LinearError"), ("fvu_pursuit", "pursuit")):
+        axes[0].plot(t.width, t[col], "o", label=label)
+    axes[0].plot(grid, law(grid), "-", lw=1, color=axes[0].lines[0].get_color(), label="fit c + a W^m")
+    axes[0].axhline(law.c, color="gray", ls=":", lw=1, label="asymptote c")
+    axes[0].set(xscale="log", xlabel="SAE width (latents)", ylabel="FVU = sum||x - x̂||² / sum||x - mean x||²",
+                title="held-out half")
+    r = result.regions.set_index("width")
+    bottom = np.zeros(len(r))
+    for col, label in (("nonlinear", "Nonlinear error"), ("encoder", "Encoder error"),
+                       ("linear", "Linear error"), ("absent", "Absent features")):
+        vals = r[col].clip(lower=0).to_numpy()
+        axes[1].fill_between(r.index, bottom, bottom + vals, step=None, alpha=0.6, label=label)
+        bottom = bottom + vals
+    axes[1].set(xscale="log", xlabel="SAE width (latents)", ylabel="FVU(Sae), stacked",
+                title="negative parts clipped at 0")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figure_predictability(result: DarkMatterResult):
+    """Vector vs norm R^2, the cross-width R^2 matrix, the gain from ||NonlinearError||, per-token norms."""
+    import matplotlib.pyplot as plt
+
+    t = result.table
+    labels = [str(w) for w in t.width]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    pos = np.arange(len(t))
+    axes[0].bar(pos - 0.2, t.vector_r2, 0.4, label="vector R² (mean over dims)")
+    axes[0].bar(pos + 0.2, t.norm_r2, 0.4, label="norm R² (||SaeError||² from x)")
+    axes[0].set(xticks=pos, xticklabels=labels, xlabel="width", ylabel="held-out R²")
+    axes[0].legend(fontsize=7)
+    for ax, mat, title in ((axes[1], result.norm_r2, "R² of ||err_j|| from ||err_i||"),
+                           (axes[2], 100 * (result.norm_r2_with_nonlinear - result.norm_r2),
+                            "extra R² (points) from adding ||NonlinearError_i||")):
+        im = ax.imshow(mat, cmap="viridis")
+        ax.set(xticks=pos, xticklabels=labels, yticks=pos, yticklabels=labels, xlabel="target width j",
+               ylabel="source width i", title=title)
+        for i in range(len(t)):
+            for j in range(len(t)):
+                ax.text(j, i, f"{mat[i, j]:.2f}" if ax is axes[1] else f"{mat[i, j]:.1f}", ha="center",
+                        va="center", fontsize=6, color="w")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for w, row in zip(labels, result.norm_excerpt, strict=True):
+        axes[3].plot(row, lw=1, label=w)
+    axes[3].set(xlabel="analysed token", ylabel="||SaeError||", title="per-token error norms by width")
+    axes[3].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def figure_downstream(result: DarkMatterResult):
+    """Earlier-component regressions, spliced CE, and the synthetic noise-injection model."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(19, 4.2))
+    comp = result.components.pivot(index="source", columns="target", values="vector_r2")
+    comp = comp.loc[list(dict.fromkeys(result.components.source))]
+    comp.plot.barh(ax=axes[0])
+    axes[0].set(xlabel="held-out vector R² (with intercept)", ylabel="",
+                title=f"predicting the width-{result.table.width.iloc[-1]} SAE's errors")
+    t = result.table
+    for col, label in (("ce_delta_sae", "Sae"), ("ce_delta_sae+linear", "Sae + LinearError"),
+                       ("ce_delta_sae+nonlinear", "Sae + NonlinearError")):
+        axes[1].plot(t.width, t[col], "o-", label=label)
+    axes[1].set(xscale="log", xlabel="SAE width", ylabel="CE(spliced) - CE(clean), nats")
+    axes[1].legend(fontsize=7)
+    n = result.noise
+    for (p, sa), g in n.groupby(["ablate_fraction", "act_sigma"]):
+        axes[2].plot(g.recon_sigma, g.vector_r2, "o-", label=f"ablated {p:.0%}, act noise {sa}")
+    axes[2].set(xlabel="noise introduced in the reconstruction (× RMS std)", ylabel="vector R² of SaeError from x",
+                title="synthetic model")
+    axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def figures(result: DarkMatterResult) -> dict:
+    """All three figures by name."""
+    return {"scaling": figure_scaling(result), "predictability": figure_predictability(result),
+            "downstream": figure_downstream(result)}
+
+
+NORM_GAP = 0.1
+"""How far norm R^2 must sit above vector R^2 at every width for "well above"."""
+
+
+def check(result: DarkMatterResult) -> None:
+    """The notebook's claims, measured on the held-out half.
+
+    * Norm R^2 is well above vector R^2 (by ``NORM_GAP``) at every width; the linear prediction
+      lowers the FVU at every width.
+    * FVU(Sae) falls from the smallest to the largest width; the power law plus constant
+      describes the points (rmse under a tenth of their range); the stacked regions sum to it.
+    * Pursuit respects each token's L0; bigger SAEs fail on the same tokens (off-diagonal R^2
+      of the error norms above 0.5).
+    * Synthetic model: noise introduced in the reconstruction is not linearly predictable
+      (|R^2| < 0.05, vector and norm), dense noise in the activation is (vector R^2 > 0.3).
+    * Splicing back either part of the error costs less CE than the plain SAE splice.
+
+    The nonlinear error's trend with width is reported (``result.trend``), not asserted.
+    """
+    t = result.table
+    gap = t.norm_r2 - t.vector_r2
+    assert (gap > NORM_GAP).all(), f"norm R^2 - vector R^2 by width: {dict(zip(t.width, gap.round(3)))}"
+    assert (t.fvu_sae_linear < t.fvu_sae).all(), f"FVU(Sae + LinearError) {t.fvu_sae_linear.round(4).tolist()} " \
+        f"should be below FVU(Sae) {t.fvu_sae.round(4).tolist()}"
+    assert t.fvu_sae.iloc[-1] < t.fvu_sae.iloc[0], f"FVU(Sae) should fall with width: {t.fvu_sae.round(4).tolist()}"
+    spread = t.fvu_sae.max() - t.fvu_sae.min()
+    assert result.power_law.rmse < 0.1 * spread, f"power-law rmse {result.power_law.rmse:.4g} vs spread {spread:.4g}"
+    np.testing.assert_allclose(result.regions.drop(columns="width").sum(1), t.fvu_sae, atol=1e-9)
+    assert (t.pursuit_l0 <= t.l0 + 1e-9).all(), f"pursuit L0 {t.pursuit_l0.tolist()} above the SAE's {t.l0.tolist()}"
+    r = result.norm_r2
+    off = r[~np.eye(len(r), dtype=bool)]
+    assert off.min() > 0.5, f"cross-width R^2 of error norms should be high off the diagonal, min {off.min():.3f}"
+    n = result.noise
+    recon_only = n[(n.ablate_fraction == 0) & (n.act_sigma == 0) & (n.recon_sigma > 0)]
+    act_only = n[(n.ablate_fraction == 0) & (n.act_sigma > 0) & (n.recon_sigma == 0)]
+    assert len(recon_only) and len(act_only), "the noise grid needs 0 and a positive sigma"
+    assert (recon_only.vector_r2.abs() < 0.05).all() and (recon_only.norm_r2.abs() < 0.05).all(), \
+        f"introduced noise should be unpredictable: {recon_only[['vector_r2', 'norm_r2']].round(3).to_dict('list')}"
+    assert (act_only.vector_r2 > 0.3).all(), f"activation noise should be predictable: {act_only.vector_r2.round(3).tolist()}"
+    for part in ("sae+linear", "sae+nonlinear"):
+        assert (t[f"ce_delta_{part}"] < t.ce_delta_sae).all(), \
+            f"CE cost of {part} {t[f'ce_delta_{part}'].round(4).tolist()} vs Sae {t.ce_delta_sae.round(4).tolist()}"
+    assert all(np.isfinite(v) for v in result.trend.values()), f"trend not finite: {result.trend}"
