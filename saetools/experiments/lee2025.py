@@ -61,7 +61,7 @@ class Lee2025Config:
     """Held-out documents: evaluation, ZF plots, epsilon_LBO."""
     d_sae: int = 256
     """Latents of every trained SAE."""
-    total_samples: int = 40_960
+    total_samples: int = 30_720
     """Training activations per SAE."""
     batch_size: int = 512
     """Activations per training step."""
@@ -327,7 +327,8 @@ def check(result: Lee2025Result) -> None:
 
     * top-AFA picks a different k per token (the k histogram is not a point mass);
     * top-AFA's code norm matches the AFA more closely than TopK at the smallest k (median
-      ``| ||f~|| / ||z|| - 1 |``) and its epsilon_LBO is lower;
+      ``| ||f~|| / ||z|| - 1 |``) and its epsilon_LBO is lower; that TopK SAE is under-activated
+      (median ``||f~|| / ||z|| < 1``);
     * NOTES §1.8: with per-token standardisation the AFA target ``||x_n - b_dec||`` varies much
       less across tokens (coefficient of variation at most half) than without;
     * every trained SAE recovers most of the loss (``loss_recovered_zero > 0.5``).
@@ -353,6 +354,8 @@ def check(result: Lee2025Result) -> None:
     if len(topk) and afa_rows:
         ref = topk.sort_values("l0").index[0]
         dev = {n: float(np.nanmedian(np.abs(result.zf[n].ratio - 1))) for n in [ref, *afa_rows]}
+        ratio_ref = float(np.nanmedian(result.zf[ref].ratio))
+        assert ratio_ref < 1, f"{ref} should be under-activated: median ||f~|| / ||z|| = {ratio_ref:.3f}"
         for n in afa_rows:
             assert dev[n] < dev[ref], f"top-AFA should match the AFA better than {ref}: median |ratio - 1| {dev}"
             assert t.loc[n, "zf_eps_lbo"] < t.loc[ref, "zf_eps_lbo"], \
