@@ -366,6 +366,8 @@ class SwitchTrainingSAE(_SwitchCore, TrainingSAE[SwitchTrainingSAEConfig]):
     def __init__(self, cfg: SwitchTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self._biases_initialised = False
+        self.load_history: list[float] = []
+        """``N max_i F_i`` (busiest expert's load over uniform) at every training step."""
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"load_balance": self.cfg.load_balance_coefficient}
@@ -419,6 +421,8 @@ class SwitchTrainingSAE(_SwitchCore, TrainingSAE[SwitchTrainingSAEConfig]):
         lb = load_balance_loss(probs, expert)
         lb_term = step_input.coefficients.get("load_balance", self.cfg.load_balance_coefficient) * self.cfg.d_in * lb
         load = torch.bincount(expert, minlength=self.cfg.n_experts).float() / max(n, 1)
+        if self.training:
+            self.load_history.append(load.max().item() * self.cfg.n_experts)
         return TrainStepOutput(
             sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=sae_in.new_zeros(0),
             loss=mse + lb_term, losses={"mse_loss": mse, "load_balance_loss": lb_term},

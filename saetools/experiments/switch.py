@@ -1,0 +1,363 @@
+"""Switch SAEs vs TopK at matched FLOPs and matched width (Mudide et al. 2024; NOTES §3.4).
+
+Every SAE is trained with :func:`saetools.train_sae` on the *same* activations and evaluated
+with :func:`saetools.evaluate_saes` on the same held-out tokens:
+
+* **FLOP-matched**: TopK of width ``M`` vs Switch SAEs with ``N`` experts each ``M`` wide
+  (total ``N M``): the same encoder FLOPs per token up to the router (analytic counts,
+  :func:`~saetools.saes.switch.encoder_flops_per_token`), at every ``k`` of the sweep;
+* **width-matched**: Switch SAEs of total width ``M`` with ``N`` experts (``N`` times fewer
+  encoder FLOPs than the TopK);
+* **load balancing**: the balancing coefficient ``alpha`` swept on one width-matched Switch
+  SAE; the load per expert is measured on held-out tokens (and recorded per training step);
+* **routing**: softmax-scaled vs Heaviside routing;
+* **geometry** (:mod:`saetools.diagnostics.geometry`): nearest-neighbour cosines, duplicates
+  and the inter-expert similarity, with a TopK SAE split into chunks as the control.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from sae_lens import TopKTrainingSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from saetools.diagnostics.geometry import geometry_table, group_similarity
+from saetools.evals import evaluate_saes
+from saetools.saes.switch import (
+    SwitchTrainingSAEConfig,
+    decoder_flops_per_token,
+    encoder_flops_per_token,
+    load_balance_loss,
+    masked_dense_forward,
+)
+from saetools.training import collect_activations, corpus_tokens, train_sae
+
+__all__ = ["BALANCED_MAX_LOAD", "SwitchConfig", "SwitchResult", "check", "figures", "run"]
+
+BALANCED_MAX_LOAD = 2.0
+"""'Balanced' means the busiest expert gets at most this many times the uniform share ``1/N``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwitchConfig:
+    """What to train and evaluate."""
+
+    layer: int | None = None
+    """Residual stream ``blocks.{layer}.hook_resid_pre``; default the middle layer."""
+    n_documents: int = 1000
+    """Corpus documents whose activations train the SAEs."""
+    n_eval_documents: int = 100
+    """Held-out documents for evaluation."""
+    width: int = 512
+    """``M``: the TopK baseline's width, each FLOP-matched expert's width, the width-matched total."""
+    k_values: tuple[int, ...] = (8, 16)
+    """``k`` sweep for TopK and the FLOP-matched Switch SAEs."""
+    flop_matched_experts: tuple[int, ...] = (2, 4, 8)
+    """``N`` for the FLOP-matched Switch SAEs (total width ``N * width``)."""
+    width_matched_experts: tuple[int, ...] = (4, 8, 16)
+    """``N`` for the width-matched Switch SAEs (total width ``width``)."""
+    width_matched_k: int = 16
+    """``k`` of the width-matched, balancing and routing runs."""
+    alpha: float = 3.0
+    """Balancing coefficient of every Switch SAE outside the sweep (paper: 3)."""
+    balance_alphas: tuple[float, ...] = (0.0, 3.0)
+    """The ``alpha`` sweep (on the width-matched SAE with ``balance_experts`` experts)."""
+    balance_experts: int = 8
+    """``N`` of the balancing sweep and the routing comparison."""
+    total_samples: int = 40_960
+    """Training activations per SAE."""
+    batch_size: int = 1024
+    """Activations per training step."""
+    lr: float | None = 2e-3
+    """Adam learning rate; ``None``: the paper's ``2e-4 / sqrt(M_total / 2^14)`` per SAE."""
+    seed: int = 0
+    """Seeds data, initialisation and batch order."""
+
+    def __post_init__(self):
+        for name in ("n_documents", "n_eval_documents", "width", "total_samples", "batch_size", "width_matched_k",
+                     "balance_experts"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SwitchConfig.{name} must be positive, got {getattr(self, name)}")
+        for n in self.width_matched_experts + (self.balance_experts,):
+            if self.width % n or self.width // n < self.width_matched_k:
+                raise ValueError(f"SwitchConfig: width={self.width} must split into {n} experts of at least "
+                                 f"width_matched_k={self.width_matched_k} latents")
+        if max(self.k_values) > self.width:
+            raise ValueError(f"SwitchConfig.k_values must not exceed width={self.width}")
+        if self.alpha < 0 or min(self.balance_alphas) < 0:
+            raise ValueError("SwitchConfig.alpha and balance_alphas must be >= 0")
+
+    @classmethod
+    def profile(cls, name: str) -> SwitchConfig:
+        """``"smoke"`` (CPU, under a minute on tiny-ioi) or ``"full"`` (GPT-2 scale, GPU)."""
+        if name == "smoke":
+            return cls()
+        if name == "full":
+            return cls(layer=8, n_documents=200_000, n_eval_documents=2000, width=24_576, k_values=(16, 32, 64, 128),
+                       flop_matched_experts=(2, 4, 8), width_matched_experts=(16, 32, 64), width_matched_k=64,
+                       balance_alphas=(0.0, 0.003, 0.03, 0.3, 3.0, 30.0), balance_experts=32,
+                       total_samples=200_000_000, batch_size=8192, lr=None)
+        raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
+
+
+@dataclass
+class SwitchResult:
+    """Everything the notebook shows."""
+
+    config: SwitchConfig
+    table: pd.DataFrame
+    """One row per SAE: ``family`` (topk / flop / width / balance / routing), ``n_experts``, ``k``,
+    ``alpha``, ``routing``, ``encoder_flops`` and ``flops`` (encoder + sparse decoder) per token,
+    the :func:`saetools.evaluate_saes` columns, and for Switch SAEs the held-out routing
+    statistics ``load_balance`` (``L_lb``), ``max_load`` / ``min_load`` (``N max_i F_i``,
+    ``N min_i F_i``: 1 is uniform)."""
+    loads: dict[str, np.ndarray]
+    """Per Switch SAE, the fraction of held-out tokens routed to each expert."""
+    load_history: dict[str, np.ndarray]
+    """Per SAE of the balancing sweep, ``N max_i F_i`` at every training step."""
+    geometry: pd.DataFrame
+    """:func:`geometry_table` of every SAE, plus the TopK SAEs split into chunks (control)."""
+    inter_expert: dict[str, np.ndarray]
+    """Inter-expert similarity matrices: a Switch SAE and the split-TopK control of equal width."""
+    routed_vs_masked: float
+    """Max |routed - dense-and-mask| reconstruction on held-out activations, relative to max |x|."""
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+
+def _runs(cfg: SwitchConfig) -> dict[str, dict]:
+    """name -> spec of every SAE to train (shared runs are trained once)."""
+    m, kw = cfg.width, cfg.width_matched_k
+    runs = {}
+    for k in cfg.k_values:
+        runs[f"topk k={k}"] = dict(family="topk", n_experts=1, k=k, d_sae=m, alpha=np.nan, routing="-")
+        for n in cfg.flop_matched_experts:
+            runs[f"flop N={n} k={k}"] = dict(family="flop", n_experts=n, k=k, d_sae=n * m, alpha=cfg.alpha,
+                                             routing="softmax")
+    for n in cfg.width_matched_experts:
+        runs[f"width N={n} k={kw}"] = dict(family="width", n_experts=n, k=kw, d_sae=m, alpha=cfg.alpha, routing="softmax")
+    for a in cfg.balance_alphas:
+        runs[f"balance N={cfg.balance_experts} alpha={a:g}"] = dict(
+            family="balance", n_experts=cfg.balance_experts, k=kw, d_sae=m, alpha=a, routing="softmax")
+    runs[f"routing N={cfg.balance_experts} heaviside"] = dict(
+        family="routing", n_experts=cfg.balance_experts, k=kw, d_sae=m, alpha=cfg.alpha, routing="heaviside")
+    return runs
+
+
+def _sae_config(spec: dict, d_in: int, hook: str):
+    common = dict(d_in=d_in, d_sae=spec["d_sae"], k=spec["k"], metadata=SAEMetadata(hook_name=hook),
+                  normalize_activations="expected_average_only_in")
+    if spec["family"] == "topk":
+        return TopKTrainingSAEConfig(**common)
+    return SwitchTrainingSAEConfig(n_experts=spec["n_experts"], routing=spec["routing"],
+                                   load_balance_coefficient=spec["alpha"], **common)
+
+
+@torch.no_grad()
+def _routing_stats(sae, x: torch.Tensor) -> tuple[dict, np.ndarray]:
+    expert, probs = sae.route(x)
+    n = sae.cfg.n_experts
+    load = torch.bincount(expert, minlength=n).double() / len(expert)
+    return ({"load_balance": load_balance_loss(probs.double(), expert).item(), "max_load": n * load.max().item(),
+             "min_load": n * load.min().item()}, load.numpy())
+
+
+def run(model, cfg: SwitchConfig) -> SwitchResult:
+    """Train every SAE on the same activations, evaluate, measure routing and geometry."""
+    t0 = time.perf_counter()
+    layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
+    hook = f"blocks.{layer}.hook_resid_pre"
+    tokens, keep = corpus_tokens(model, cfg.n_documents, seed=cfg.seed)
+    acts = collect_activations(model, tokens, hook, mask=keep)
+    eval_tokens, eval_keep = corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000)
+    eval_acts = collect_activations(model, eval_tokens, hook, mask=eval_keep)
+    d_in = acts.shape[1]
+    specs, saes, history = _runs(cfg), {}, {}
+    for i, (name, spec) in enumerate(specs.items()):
+        lr = cfg.lr if cfg.lr is not None else 2e-4 / (spec["d_sae"] / 2**14) ** 0.5
+        saes[name] = train_sae(acts, _sae_config(spec, d_in, hook), total_samples=cfg.total_samples,
+                               batch_size=cfg.batch_size, lr=lr, seed=cfg.seed + i)
+        if spec["family"] == "balance":
+            history[name] = np.array(saes[name].load_history)
+    table = evaluate_saes(model, saes, eval_tokens)
+    for col in ("family", "n_experts", "k", "alpha", "routing"):
+        table[col] = [specs[n][col] for n in table.sae]
+    table["encoder_flops"] = [encoder_flops_per_token(d_in, specs[n]["d_sae"], specs[n]["n_experts"]) for n in table.sae]
+    table["flops"] = table.encoder_flops + [decoder_flops_per_token(d_in, k=specs[n]["k"]) for n in table.sae]
+    loads, stats = {}, []
+    for name in table.sae:
+        if specs[name]["family"] == "topk":
+            stats.append({"load_balance": np.nan, "max_load": np.nan, "min_load": np.nan})
+            continue
+        s, loads[name] = _routing_stats(saes[name], eval_acts)
+        stats.append(s)
+    table = pd.concat([table, pd.DataFrame(stats, index=table.index)], axis=1)
+    n_groups = {n: s["n_experts"] for n, s in specs.items() if s["n_experts"] > 1}
+    dicts = dict(saes)
+    for k in cfg.k_values:
+        for n in cfg.width_matched_experts:  # the control: a dense TopK of the same width in N chunks
+            dicts[f"topk k={k} split {n}"] = saes[f"topk k={k}"]
+            n_groups[f"topk k={k} split {n}"] = n
+    geometry = geometry_table(dicts, n_groups=n_groups)
+    geometry["family"] = [specs[n]["family"] if n in specs else "control" for n in geometry.name]
+    switch_name = f"width N={cfg.balance_experts} k={cfg.width_matched_k}"
+    control = saes[f"topk k={cfg.width_matched_k}"] if cfg.width_matched_k in cfg.k_values else saes[f"topk k={cfg.k_values[-1]}"]
+    inter = {switch_name: group_similarity(saes[switch_name], cfg.balance_experts).numpy()}
+    if switch_name in saes:
+        inter[f"TopK (width {cfg.width}) split into {cfg.balance_experts} chunks"] = group_similarity(
+            control, cfg.balance_experts, permute_seed=cfg.seed).numpy()
+    with torch.no_grad():
+        probe = eval_acts[:2000]
+        diff = (saes[switch_name](probe) - masked_dense_forward(saes[switch_name], probe)[1]).abs().max()
+        routed_vs_masked = (diff / probe.abs().max()).item()
+    return SwitchResult(config=cfg, table=table, loads=loads, load_history=history, geometry=geometry,
+                        inter_expert=inter, routed_vs_masked=routed_vs_masked, seconds=time.perf_counter() - t0,
+                        meta={"hook_name": hook, "train_activations": int(acts.shape[0]),
+                              "eval_activations": int(eval_acts.shape[0]), "config": asdict(cfg)})
+
+
+def figures(result: SwitchResult) -> dict:
+    """The headline figures (NOTES §3.4) as ``{name: matplotlib Figure}``: ``"flop_matched"``,
+    ``"width_matched"``, ``"balance"``, ``"routing"``, ``"geometry"``."""
+    import matplotlib.pyplot as plt
+
+    t, figs = result.table, {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for n, g in t[t.family.isin(["topk", "flop"])].groupby("n_experts"):
+        g = g.sort_values("l0")
+        label = "TopK (width M)" if n == 1 else f"Switch, {n} experts of width M"
+        axes[0].plot(g.l0, g.fvu, "o-", label=label)
+        axes[1].plot(g.l0, g.loss_recovered_zero, "o-", label=label)
+    axes[0].set(xlabel="L0 (active latents per token)", ylabel="FVU = E||x - x_hat||^2 / total variance",
+                title="FLOP-matched (same encoder FLOPs per token)")
+    axes[1].set(xlabel="L0", ylabel="loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    figs["flop_matched"] = fig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    w = t[t.family == "width"].sort_values("n_experts")
+    topk = t[(t.family == "topk") & (t.k == result.config.width_matched_k)]
+    for ax, col in zip(axes, ("fvu", "loss_recovered_zero")):
+        ax.plot(w.encoder_flops, w[col], "o-", label="Switch (total width M)")
+        for _, r in w.iterrows():
+            ax.annotate(f"N={r.n_experts}", (r.encoder_flops, r[col]), fontsize=8)
+        if len(topk):
+            ax.plot(topk.encoder_flops, topk[col], "k*", ms=12, label="TopK (width M)")
+        ax.set(xscale="log", xlabel="encoder FLOPs per token (analytic)", ylabel=col)
+        ax.legend(fontsize=8)
+    axes[0].set_title(f"width-matched, k = {result.config.width_matched_k}")
+    fig.tight_layout()
+    figs["width_matched"] = fig
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    b = t[t.family == "balance"].sort_values("alpha")
+    for name, hist in result.load_history.items():
+        axes[0].plot(hist, label=name)
+    axes[0].axhline(BALANCED_MAX_LOAD, color="gray", ls="--", lw=0.8)
+    axes[0].set(xlabel="training step", ylabel="busiest expert's load / uniform (N max_i F_i)", title="routing load")
+    axes[0].legend(fontsize=8)
+    for name, load in result.loads.items():
+        if name in set(b.sae):
+            axes[1].plot(np.arange(len(load)), load * len(load), "o-", label=name)
+    axes[1].axhline(1, color="gray", lw=0.8)
+    axes[1].set(xlabel="expert", ylabel="held-out load / uniform (N F_i)", title="per-expert load")
+    axes[1].legend(fontsize=8)
+    x = np.arange(len(b))
+    axes[2].bar(x - 0.2, b.fvu, 0.4, label="FVU")
+    axes[2].bar(x + 0.2, b.load_balance - 1, 0.4, label="L_lb - 1 (0 = uniform)")
+    axes[2].set_xticks(x, [f"alpha={a:g}" for a in b.alpha])
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    figs["balance"] = fig
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n = result.config.balance_experts
+    r = t[(t.n_experts == n) & (t.alpha == result.config.alpha) & t.family.isin(["width", "routing"])]
+    x = np.arange(len(r))
+    ax.bar(x - 0.2, r.fvu, 0.4, label="FVU")
+    ax.bar(x + 0.2, 1 - r.loss_recovered_zero, 0.4, label="1 - loss recovered")
+    ax.set_xticks(x, list(r.routing))
+    ax.set(title=f"softmax vs Heaviside routing, {n} experts")
+    ax.legend(fontsize=8)
+    figs["routing"] = fig
+
+    fig, axes = plt.subplots(1, 2 + len(result.inter_expert), figsize=(6 * (2 + len(result.inter_expert)), 4.5))
+    gm = result.geometry.merge(t[["sae", "n_experts", "k"]], left_on="name", right_on="sae")
+    heat = gm[gm.family.isin(["topk", "flop"])].pivot_table(index="n_experts", columns="k", values="nn_cos_mean")
+    im = axes[0].imshow(heat.values, cmap="viridis", aspect="auto")
+    axes[0].set(xticks=range(heat.shape[1]), xticklabels=heat.columns, yticks=range(heat.shape[0]),
+                yticklabels=heat.index, xlabel="k", ylabel="experts (1 = TopK)",
+                title="mean nearest-neighbour cosine (decoder rows)")
+    fig.colorbar(im, ax=axes[0])
+    g = result.geometry
+    for fam, marker in (("flop", "o"), ("width", "s"), ("topk", "*")):
+        sel = gm[gm.family == fam]
+        axes[1].plot(sel.n_experts, sel.duplicate_frac, marker, label=fam)
+    axes[1].set(xscale="log", xlabel="experts", ylabel="fraction of latents with a cos > 0.9 twin",
+                title="duplicates")
+    axes[1].legend(fontsize=8)
+    vmax = max(m.max() for m in result.inter_expert.values())
+    for ax, (name, m) in zip(axes[2:], result.inter_expert.items()):
+        im = ax.imshow(m, vmin=0, vmax=vmax, cmap="magma")
+        ax.set(title=f"{name}\nS[i, j] = mean_(l in i) max_(m in j) cos", xlabel="expert j", ylabel="expert i")
+        fig.colorbar(im, ax=ax)
+    del g
+    fig.tight_layout()
+    figs["geometry"] = fig
+    return figs
+
+
+PARETO_MIN_SAMPLES = 10_000_000
+"""Training activations from which :func:`check` tests the FLOP-matched Pareto claim (the smoke
+profile's runs are far shorter, and each expert sees only 1/N of them)."""
+
+
+def check(result: SwitchResult) -> None:
+    """The claims this run can support, measured on held-out tokens.
+
+    * The routed forward equals the authors' dense-and-mask computation (relative 1e-5).
+    * Load balancing: without it (``alpha = 0``) the busiest expert takes more than
+      ``BALANCED_MAX_LOAD`` times the uniform share; with ``alpha > 0`` every Switch SAE's
+      busiest expert stays within it, and ``L_lb`` is lower than at ``alpha = 0``.
+    * FLOPs (analytic): FLOP-matched Switch SAEs cost the TopK's encoder FLOPs up to the router
+      (within 2%); width-matched ones ``N`` times fewer up to the router.
+    * Width-matched Switch SAEs reconstruct worse than the TopK of the same width and ``k``, and
+      worse with more experts (FVU increasing in ``N``; NOTES §3.4 figure 2).
+    * With at least ``PARETO_MIN_SAMPLES`` training activations: at every ``k``, the
+      FLOP-matched Switch SAE with the most experts has a lower FVU than the TopK (figure 1).
+    """
+    t, cfg = result.table.set_index("sae"), result.config
+    assert result.routed_vs_masked < 1e-5, f"routed vs dense-and-mask differ by {result.routed_vs_masked:.2e}"
+    b = t[t.family == "balance"]
+    if (b.alpha == 0).any():
+        free = b[b.alpha == 0].iloc[0]
+        assert free.max_load > BALANCED_MAX_LOAD, (
+            f"alpha=0 should leave the routing unbalanced: busiest expert {free.max_load:.2f}x uniform")
+        balanced = b[b.alpha > 0]
+        assert (balanced.load_balance < free.load_balance).all(), f"L_lb: {b.load_balance.round(3).to_dict()}"
+    sw = t[(t.n_experts > 1) & (t.alpha > 0)]
+    assert (sw.max_load <= BALANCED_MAX_LOAD).all(), (
+        f"balanced Switch SAEs should stay within {BALANCED_MAX_LOAD}x uniform: "
+        f"{sw.max_load[sw.max_load > BALANCED_MAX_LOAD].round(2).to_dict()}")
+    topk_flops = t[t.family == "topk"].encoder_flops.iloc[0]
+    flop = t[t.family == "flop"]
+    assert ((flop.encoder_flops / topk_flops - 1).abs() < 0.02).all(), flop.encoder_flops.to_dict()
+    w = t[t.family == "width"].sort_values("n_experts")
+    router = 2 * (topk_flops // (2 * cfg.width)) * w.n_experts
+    assert ((w.encoder_flops - router) * w.n_experts == topk_flops).all(), w.encoder_flops.to_dict()
+    ref = t[(t.family == "topk") & (t.k == cfg.width_matched_k)]
+    if len(ref):
+        assert (w.fvu > ref.fvu.iloc[0]).all(), f"width-matched FVU {w.fvu.round(3).to_dict()} vs TopK {ref.fvu.iloc[0]:.3f}"
+    assert np.all(np.diff(w.fvu.values) > 0), f"width-matched FVU should grow with N: {w.fvu.round(3).to_dict()}"
+    if cfg.total_samples >= PARETO_MIN_SAMPLES:
+        n_max = max(cfg.flop_matched_experts)
+        for k in cfg.k_values:
+            sw_fvu, tk_fvu = t.loc[f"flop N={n_max} k={k}", "fvu"], t.loc[f"topk k={k}", "fvu"]
+            assert sw_fvu < tk_fvu, f"k={k}: FLOP-matched Switch ({n_max} experts) FVU {sw_fvu:.3f} vs TopK {tk_fvu:.3f}"
