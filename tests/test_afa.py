@@ -15,8 +15,8 @@ from sae_lens.saes.sae import SAEMetadata
 from saetools.afa import afa, afa_bounds, eps_lbo, eps_lbo_table, zf_data, zf_data_from_codes, zf_plot
 from saetools.toy import ToyConfig, ToySuperposition
 
-EXACT = dict(rtol=1e-12, atol=1e-12)  # float64 arithmetic on hand-picked values
-F32 = dict(rtol=1e-5, atol=1e-5)  # float32 SAE forward passes
+EXACT = {"rtol": 1e-12, "atol": 1e-12}  # float64 arithmetic on hand-picked values
+F32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 SAE forward passes
 
 
 def _hand_case():
@@ -27,7 +27,7 @@ def _hand_case():
 
 
 def test_eps_lbo_hand_computed():
-    W, f, z = _hand_case()
+    _W, f, z = _hand_case()
     torch.testing.assert_close(z.pow(2).sum(), torch.tensor(7.0, dtype=torch.float64), **EXACT)
     # |7 - 5| / ((h - 1) * 5) with h = 2, and L0 = 2
     torch.testing.assert_close(eps_lbo(z, f), torch.tensor([0.4], dtype=torch.float64), **EXACT)

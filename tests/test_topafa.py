@@ -21,7 +21,7 @@ from saetools.saes.topafa import (
 )
 from saetools.splice import splice
 
-F32 = dict(rtol=1e-5, atol=1e-5)  # float32 forward passes of small SAEs
+F32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 forward passes of small SAEs
 HOOK = "blocks.2.hook_resid_pre"
 
 

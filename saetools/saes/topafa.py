@@ -94,7 +94,7 @@ _MIN_SEARCH = 32  # smallest prefix ranked by topafa_mask
 def topafa_mask(
     acts: Float[Tensor, "... d_sae"],
     decoder_norms: Float[Tensor, " d_sae"],
-    target: Float[Tensor, "..."],
+    target: Float[Tensor, ...],
     *,
     start_k: int | None = None,
 ) -> Bool[Tensor, "... d_sae"]:
