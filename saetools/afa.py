@@ -74,7 +74,7 @@ DEFAULT_BANDS = (0.25, 0.5, 1.0)
 """Values of ``c = epsilon (h - 1)`` whose bands the paper draws."""
 
 
-def afa(z: Float[Tensor, "... d"], center: Float[Tensor, " d"] | None = None) -> Float[Tensor, ...]:
+def afa(z: Float[Tensor, "*batch d"], center: Float[Tensor, " d"] | None = None) -> Float[Tensor, "*batch"]:
     """Linear AFA: ``||z - center||_2`` per token (``center`` defaults to 0; top-AFA uses ``b_dec``)."""
     return (z if center is None else z - center).norm(dim=-1)
 

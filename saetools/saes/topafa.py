@@ -92,12 +92,12 @@ _MIN_SEARCH = 32  # smallest prefix ranked by topafa_mask
 
 
 def topafa_mask(
-    acts: Float[Tensor, "... d_sae"],
+    acts: Float[Tensor, "*batch d_sae"],
     decoder_norms: Float[Tensor, " d_sae"],
-    target: Float[Tensor, ...],
+    target: Float[Tensor, "*batch"],
     *,
     start_k: int | None = None,
-) -> Bool[Tensor, "... d_sae"]:
+) -> Bool[Tensor, "*batch d_sae"]:
     """Which latents top-AFA keeps (steps 4-6 of the module docstring), for a batch at once.
 
     Args:
