@@ -315,3 +315,19 @@ def test_sae_dictionary_errors_are_clear(sae_setup):
         SAEDictionary(object())
     with pytest.raises(ValueError, match="rows but labels"):
         f1_scores(torch.ones(3, 2), ["a", "b"])
+
+
+def test_coupled_mean_codes_backfit_to_the_least_squares_fit():
+    # an unbalanced random design with noise: the backfitted coupled codes reach the MSE optimum
+    g = torch.Generator().manual_seed(2)
+    spec = factorial_spec(3).sample(frac=0.6, random_state=0).reset_index(drop=True)
+    x, _ = planted(spec, coupled=True)
+    x = x + 0.3 * torch.randn(x.shape, generator=g)
+    mean = fit_supervised(x, spec, parametrization="coupled")
+    lstsq = fit_supervised(x, spec, parametrization="coupled", method="lstsq")
+    torch.testing.assert_close(mean.reconstruct(spec), lstsq.reconstruct(spec), atol=1e-3, rtol=1e-3)
+    # independent groups stay the paper's one-pass conditional means
+    ind = fit_supervised(x, spec)
+    io = spec.io.to_numpy()
+    for k, v in enumerate(ind.values[("io",)]):
+        torch.testing.assert_close(ind.codes[("io",)][k], (x[io == v] - x.mean(0)).mean(0), **EXACT)

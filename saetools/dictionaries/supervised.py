@@ -5,11 +5,13 @@ values per prompt (IO name, S name, Pos = the pattern ABB / BAB):
 
 * ``method="mean"`` (the paper's headline): bias ``u_bias = mean(A)`` and, for each attribute
   group ``g`` and value ``v``, the **mean-centred conditional mean**
-  ``u_{g,v} = mean_{p : g(p) = v} (A_p - u_bias)``. Groups that share an attribute (the
-  coupled ``(io, pos)`` and ``(s, pos)``) are fitted in order, each on what the earlier
-  overlapping groups leave (``A_p - u_bias - u_{g1, g1(p)}``): otherwise both joint tables
-  would carry the shared attribute's main effect and the reconstruction would count it twice.
-  Disjoint groups (the independent parametrization) are plain conditional means, as in the paper;
+  ``u_{g,v} = mean_{p : g(p) = v} (A_p - u_bias)``, as in the paper, when the groups are
+  disjoint (the independent parametrization). Groups that share an attribute (the coupled
+  ``(io, pos)`` and ``(s, pos)``) would each carry the shared attribute's main effect, and the
+  reconstruction would count it twice; they are **backfitted** instead: each group's codes are
+  the conditional means of what the other groups leave, ``A_p - u_bias - sum_{h != g} u_{h, h(p)}``,
+  swept until they stop changing (Gauss-Seidel on the normal equations, so the fixed point is
+  the least-squares fit of the ``lstsq`` method);
 * ``method="lstsq"``: the MSE-optimal codes, the minimum-norm least-squares solution of
   ``[1 | C] X = A`` (``C`` the one-hot design of all groups), re-centred per group (each code
   minus its frequency-weighted mean, moved into the bias) so that they are comparable with the
@@ -52,6 +54,8 @@ ATTRIBUTE_COLUMNS = {"io": "io", "s": "s", "pos": "pattern"}
 PARAMETRIZATIONS = {"independent": (("io",), ("s",), ("pos",)), "coupled": (("io", "pos"), ("s", "pos"))}
 EDIT_METHODS = ("arithmetic", "zero_ablate_subspace", "mean_ablate_subspace")
 Group = tuple[str, ...]
+_BACKFIT_SWEEPS = 200
+_BACKFIT_TOL = 1e-6
 
 
 def attribute_values(spec: pd.DataFrame, attribute: str) -> np.ndarray:
@@ -203,13 +207,24 @@ def fit_supervised(acts: Float[Tensor, "n d"], spec: pd.DataFrame, *,
     bias = acts.mean(0)
     codes = {}
     if method == "mean":
-        resid = acts - bias
-        for i, (g, (ids, uniq)) in enumerate(labels.items()):
-            ids_t = torch.as_tensor(ids)
-            sums = torch.zeros(len(uniq), acts.shape[1]).index_add_(0, ids_t, resid)
-            codes[g] = sums / torch.bincount(ids_t, minlength=len(uniq)).clamp_min(1)[:, None]
-            if any(set(h) & set(g) for h in groups[i + 1 :]):
-                resid = resid - codes[g][ids_t]  # a later group sharing an attribute fits what is left
+        ids_of = {g: torch.as_tensor(ids) for g, (ids, _) in labels.items()}
+        counts = {g: torch.bincount(ids_of[g], minlength=len(u)).clamp_min(1)[:, None] for g, (_, u) in labels.items()}
+
+        def cond_mean(g, resid):
+            return torch.zeros(len(labels[g][1]), acts.shape[1]).index_add_(0, ids_of[g], resid) / counts[g]
+
+        centred = acts - bias
+        codes = {g: cond_mean(g, centred) for g in groups}
+        overlapping = any(set(a) & set(b) for i, a in enumerate(groups) for b in groups[i + 1 :])
+        for _ in range(_BACKFIT_SWEEPS if overlapping else 0):
+            shift = 0.0
+            for g in groups:  # Gauss-Seidel: each group's conditional mean of what the others leave
+                others = sum(codes[h][ids_of[h]] for h in groups if h != g)
+                new = cond_mean(g, centred - others)
+                shift = max(shift, float((new - codes[g]).abs().max()))
+                codes[g] = new
+            if shift <= _BACKFIT_TOL * float(centred.abs().max()):
+                break
     elif method == "lstsq":
         design = [torch.ones(len(spec), 1)] + [torch.nn.functional.one_hot(torch.as_tensor(ids), len(uniq)).float()
                                                for ids, uniq in labels.values()]

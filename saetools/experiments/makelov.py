@@ -10,8 +10,10 @@
    Per node, the parametrization -- independent ``{IO, S, Pos}`` or coupled ``{(IO, Pos), (S, Pos)}``
    -- is the one that explains more variance of the *held-out* activations: where the name
    and its position interact (NOTES §2.11), additive codes miss the interaction and the coupled
-   table captures it. This choice looks only at reconstructions, never at edits. The
-   least-squares codes and both parametrizations are scored in the approximation table;
+   table captures it (the coupled tables share Pos, so their mean codes are backfitted,
+   :func:`~saetools.dictionaries.fit_supervised`). This choice looks only at reconstructions,
+   never at edits. The paper's independent mean codes and their least-squares variant are
+   scored in the approximation table too;
 3. **per-node SAEs** (L1, gated, no-ReLU TopK, sae-lens TopK) trained on the same activations
    with the paper's schedule shape (:mod:`saetools.dictionaries.ioi_saes`);
 4. on held-out prompts (base names from the first half of the list, counterfactual names from
@@ -303,9 +305,9 @@ def run(model, cfg: Config) -> Result:
     acts = {k: node_acts(model, b, nodes) for k, b in batches.items()}
     supervised, choice = _supervised(train_acts, train.spec, acts["clean"], clean.spec)
     variants = {"supervised": supervised,
-                "supervised lstsq": {n: fit_supervised(train_acts[n], train.spec, method="lstsq",
-                                                       parametrization=supervised[n].groups, node=n) for n in nodes},
-                "supervised independent": {n: fit_supervised(train_acts[n], train.spec, node=n) for n in nodes}}
+                "supervised independent": {n: fit_supervised(train_acts[n], train.spec, node=n) for n in nodes},
+                "supervised independent lstsq": {n: fit_supervised(train_acts[n], train.spec, method="lstsq", node=n)
+                                                 for n in nodes}}
     saes = train_node_saes(train_acts, replace(cfg.saes, seed=cfg.seed))
     runner = NodeRunner(model, clean)
     clean_ld = float(ioi.logit_diff(model(clean.tokens.to(model.cfg.device)), clean).mean())
