@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saetools import incremental
 from saetools.ablation import abc_counterpart
 from saetools.data import load_words
 from saetools.hooks import scoped_hooks
@@ -164,13 +165,17 @@ class _Runs:
         return float(_run_ld(self.model, self.metric_batch, hooks, start_resid=start, start_layer=layer).mean())
 
     def frame(self, rows: list[dict]) -> pd.DataFrame:
-        df = pd.DataFrame(rows)
-        df["score"] = ioi.normalized_score(
-            torch.tensor(df["logit_diff"].to_numpy()), clean=self.clean_ld, corrupted=self.corrupted_ld
-        ).numpy()
-        df.attrs.update(clean_logit_diff=self.clean_ld, corrupted_logit_diff=self.corrupted_ld,
-                        direction=self.direction)
-        return df
+        return _frame(rows, self.clean_ld, self.corrupted_ld, self.direction)
+
+
+def _frame(rows: list[dict], clean_ld: float, corrupted_ld: float, direction: str) -> pd.DataFrame:
+    """Tidy table of patching results with the normalised ``score`` and the baselines in ``attrs``."""
+    df = pd.DataFrame(rows)
+    df["score"] = ioi.normalized_score(
+        torch.tensor(df["logit_diff"].to_numpy()), clean=clean_ld, corrupted=corrupted_ld
+    ).numpy()
+    df.attrs.update(clean_logit_diff=clean_ld, corrupted_logit_diff=corrupted_ld, direction=direction)
+    return df
 
 
 def _as_positions(positions) -> list[str]:
@@ -236,6 +241,8 @@ def patch_heads(
     corrupted = _check_pair(model, clean, corrupted, seed)
     heads = _all_heads(model) if heads is None else [(int(l), int(h)) for l, h in heads]
     _check_heads(model, heads)
+    if incremental.unsupported(model) is None:
+        return _patch_heads_incremental(model, clean, corrupted, component, _as_positions(positions), heads, direction)
     hook_of = {layer: f"blocks.{layer}.attn.hook_{component}" for layer, _ in heads}
     names = list(hook_of.values()) + [f"blocks.{layer}.hook_resid_pre" for layer in hook_of]
     runs = _Runs(model, clean, corrupted, names, direction)
@@ -247,6 +254,54 @@ def patch_heads(
             rows.append({"layer": layer, "head": head, "component": component, "position": position,
                          "logit_diff": runs.ld([(hook_of[layer], hook)], layer)})
     return runs.frame(rows)
+
+
+def _patch_heads_incremental(model, clean, corrupted, component, positions, heads, direction) -> pd.DataFrame:
+    """:func:`patch_heads` rerunning only what each patch can change (:mod:`saetools.incremental`).
+
+    One run of the clean prompts up to END; the corrupted cache reruns only from the first
+    token where the prompts differ; each head patch reruns its layer and the later ones only from the
+    first position where the patched activation differs from the base run, up to END.
+    """
+    _check_direction(direction)
+    n = model.cfg.n_layers
+    dev = model.W_U.device
+    end_clean, end_corr = clean.positions["END"].to(dev), corrupted.positions["END"].to(dev)
+    end = torch.maximum(end_clean, end_corr)
+    cache_clean = incremental.full_cache(model, clean.tokens.to(dev), end)
+    cache_corr = incremental.counterpart_cache(model, cache_clean, clean.tokens.to(dev), corrupted.tokens.to(dev), end)
+    resid = cache_clean[f"blocks.{n - 1}.hook_resid_post"]
+    clean_ld = float(end_logit_diff(model, resid, clean).mean())
+    corrupted_ld = float(end_logit_diff(model, cache_corr[f"blocks.{n - 1}.hook_resid_post"],
+                                        _with_answers(corrupted, clean)).mean())
+    if direction == "denoise":
+        base, base_batch, src, src_batch = cache_corr, corrupted, cache_clean, clean
+    else:
+        base, base_batch, src, src_batch = cache_clean, clean, cache_corr, corrupted
+    end = base_batch.positions["END"].to(dev)
+    after_end = torch.arange(clean.tokens.shape[1], device=dev)[None, :] > end[:, None]
+    rows = []
+    for layer, head in tqdm(heads, desc=f"{component} patching", leave=False):
+        name = f"blocks.{layer}.attn.hook_{component}"
+        for position in positions:
+            base_pos, src_pos = _pos_index(base_batch, position, dev), _pos_index(src_batch, position, dev)
+            patched = _copy_hook(src[name], base_pos, src_pos, heads=[head])(base[name], None)
+            # Rerun from the first position the patch changes (bit-exact comparison: positions
+            # before the prompts diverge are shared by both caches).
+            changed = (patched[:, :, head] != base[name][:, :, head]).any(-1) & ~after_end
+            start = torch.where(changed.any(1), changed.float().argmax(1), end)
+            w = incremental.window(start if layer < n - 1 else end, end)
+            x = incremental.forward_from(model, base, layer, w, override={name: patched})
+            rows.append({"layer": layer, "head": head, "component": component, "position": position,
+                         "logit_diff": float(_ld_at_end(model, x, clean).mean())})
+    return _frame(rows, clean_ld, corrupted_ld, direction)
+
+
+def _ld_at_end(model, x_end: Tensor, clean: ioi.IOIBatch) -> Tensor:
+    """Per-prompt logit difference (clean IO vs S) from the final residual stream at END."""
+    at_end = {"END": torch.zeros(len(clean), dtype=torch.long, device=x_end.device)}
+    batch = ioi.IOIBatch(clean.spec, clean.texts, clean.tokens, clean.io_ids, clean.s_ids, at_end)
+    return end_logit_diff(model, x_end[:, None], batch)
 
 
 def _all_heads(model) -> list[Head]:
