@@ -35,7 +35,7 @@ from saetools.saes.switch import (
     load_balance_loss,
     masked_dense_forward,
 )
-from saetools.training import collect_activations, corpus_tokens, train_sae
+from saetools.training import collect_activations, corpus_tokens, dataset_tokens, train_sae
 
 __all__ = ["BALANCED_MAX_LOAD", "SwitchConfig", "SwitchResult", "check", "figures", "run"]
 
@@ -50,9 +50,12 @@ class SwitchConfig:
     layer: int | None = None
     """Residual stream ``blocks.{layer}.hook_resid_pre``; default the middle layer."""
     n_documents: int = 1000
-    """Corpus documents whose activations train the SAEs."""
+    """Corpus documents (or dataset rows) whose activations train the SAEs."""
     n_eval_documents: int = 100
-    """Held-out documents for evaluation."""
+    """Held-out documents (or dataset rows) for evaluation."""
+    dataset: str | None = None
+    """A Hugging Face text dataset to take token rows from (:func:`saetools.training.dataset_tokens`);
+    ``None``: the bundled corpus (:func:`saetools.training.corpus_tokens`)."""
     width: int = 512
     """``M``: the TopK baseline's width, each FLOP-matched expert's width, the width-matched total."""
     k_values: tuple[int, ...] = (8, 16)
@@ -98,10 +101,11 @@ class SwitchConfig:
         if name == "smoke":
             return cls()
         if name == "full":
-            return cls(layer=8, n_documents=200_000, n_eval_documents=2000, width=24_576, k_values=(16, 32, 64, 128),
+            # the paper's hook is the output of GPT-2 block 8, i.e. blocks.9.hook_resid_pre
+            return cls(layer=9, n_documents=20_000, n_eval_documents=500, dataset="NeelNanda/pile-10k", width=24_576, k_values=(16, 32, 64, 128),
                        flop_matched_experts=(2, 4, 8), width_matched_experts=(16, 32, 64), width_matched_k=64,
                        balance_alphas=(0.0, 0.003, 0.03, 0.3, 3.0, 30.0), balance_experts=32,
-                       total_samples=200_000_000, batch_size=8192, lr=None)
+                       total_samples=50_000_000, batch_size=8192, lr=None)
         raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
 
 
@@ -167,14 +171,25 @@ def _routing_stats(sae, x: torch.Tensor) -> tuple[dict, np.ndarray]:
              "min_load": n * load.min().item()}, load.numpy())
 
 
+def _tokens(model, cfg: SwitchConfig):
+    """Training and held-out token rows with their keep masks (BOS / padding left out)."""
+    if cfg.dataset is None:
+        return (*corpus_tokens(model, cfg.n_documents, seed=cfg.seed),
+                *corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000))
+    rows = dataset_tokens(model, cfg.dataset, n_rows=cfg.n_documents + cfg.n_eval_documents,
+                          context_size=min(128, model.cfg.n_ctx))  # the paper's context length
+    keep = rows != model.tokenizer.bos_token_id
+    n = cfg.n_documents
+    return rows[:n], keep[:n], rows[n:], keep[n:]
+
+
 def run(model, cfg: SwitchConfig) -> SwitchResult:
     """Train every SAE on the same activations, evaluate, measure routing and geometry."""
     t0 = time.perf_counter()
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
     hook = f"blocks.{layer}.hook_resid_pre"
-    tokens, keep = corpus_tokens(model, cfg.n_documents, seed=cfg.seed)
+    tokens, keep, eval_tokens, eval_keep = _tokens(model, cfg)
     acts = collect_activations(model, tokens, hook, mask=keep)
-    eval_tokens, eval_keep = corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000)
     eval_acts = collect_activations(model, eval_tokens, hook, mask=eval_keep)
     d_in = acts.shape[1]
     specs, saes, history = _runs(cfg), {}, {}
