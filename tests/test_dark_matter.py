@@ -318,3 +318,16 @@ def test_noise_injection_on_a_planted_sae():
     assert row.loc[(0.5, 0.0, 0.5)].vector_r2 < row.loc[(0.5, 0.0, 0.0)].vector_r2
     with pytest.raises(ValueError, match="act_sigmas"):
         dm.noise_injection(sae, x, act_sigmas=(-1.0,))
+
+
+def test_experiment_config_validation():
+    from saetools.experiments.dark_matter import DarkMatterConfig
+
+    assert DarkMatterConfig.profile("full").source == "pretrained"
+    for kw, match in (({"widths": (256, 128, 512)}, "increasing"), ({"widths": (128, 256)}, ">= 3 SAEs"),
+                      ({"k": 0}, "k must be positive"), ({"pursuit_variant": "greedy"}, "pursuit_variant"),
+                      ({"drop_first": -1}, "drop_first")):
+        with pytest.raises(ValueError, match=match):
+            DarkMatterConfig(**kw)
+    with pytest.raises(ValueError, match="unknown profile"):
+        DarkMatterConfig.profile("medium")

@@ -7,7 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from saetools.pursuit import effective_decoder, gradient_pursuit, gradient_pursuit_reference, sae_gradient_pursuit
+from saetools.pursuit import (
+    effective_decoder,
+    gradient_pursuit,
+    gradient_pursuit_reference,
+    sae_gradient_pursuit,
+)
 
 WEIGHT_ATOL = 1e-5  # the tolerance on weights (float64 inputs, so selections cannot flip on ties)
 

@@ -63,9 +63,9 @@ class DarkMatterConfig:
     """Dataset rows of ``context_size`` tokens (``source="pretrained"``)."""
     context_size: int = 128
     """Row length for the dataset (the feature-splitting SAEs were trained on 128-token contexts)."""
-    n_documents: int = 600
+    n_documents: int = 500
     """Held-out corpus documents analysed (``source="train"``)."""
-    n_splice_rows: int = 96
+    n_splice_rows: int = 64
     """Context rows on which each part is spliced to measure CE (the first rows analysed)."""
     drop_first: int = 4
     """Positions dropped at the start of every context (BOS / attention-sink tokens; the paper
@@ -251,7 +251,7 @@ def run(model, cfg: DarkMatterConfig) -> DarkMatterResult:
         config=cfg, table=table, power_law=law, regions=regions, trend=trend, norm_r2=r,
         norm_r2_with_nonlinear=r_nl, norm_excerpt=norms[:, :100].numpy(), components=components, noise=noise,
         seconds=time.perf_counter() - t0,
-        meta={"hook_name": hook, "prev_hook_name": prev, "component_hooks": parts, "tokens": int(x.shape[0]),
+        meta={"hook_name": hook, "prev_hook_name": prev, "d_in": int(x.shape[1]), "component_hooks": parts, "tokens": int(x.shape[0]),
               "fit_tokens": len(fit_idx), "eval_tokens": len(eval_idx), "prev_sae_width": prev_sae.cfg.d_sae,
               "config": asdict(cfg)})
 
@@ -361,8 +361,9 @@ def check(result: DarkMatterResult) -> None:
       describes the points (rmse under a tenth of their range); the stacked regions sum to it.
     * Pursuit respects each token's L0; bigger SAEs fail on the same tokens (off-diagonal R^2
       of the error norms above 0.5).
-    * Synthetic model: noise introduced in the reconstruction is not linearly predictable
-      (|R^2| < 0.05, vector and norm), dense noise in the activation is (vector R^2 > 0.3).
+    * Synthetic model: noise introduced in the reconstruction is not linearly predictable (R^2
+      within 0.05 of the chance level ``-d / n_fit``, vector and norm); dense noise in the
+      activation is (vector R^2 > 0.3).
     * Splicing back either part of the error costs less CE than the plain SAE splice.
 
     The nonlinear error's trend with width is reported (``result.trend``), not asserted.
@@ -384,8 +385,11 @@ def check(result: DarkMatterResult) -> None:
     recon_only = n[(n.ablate_fraction == 0) & (n.act_sigma == 0) & (n.recon_sigma > 0)]
     act_only = n[(n.ablate_fraction == 0) & (n.act_sigma > 0) & (n.recon_sigma == 0)]
     assert len(recon_only) and len(act_only), "the noise grid needs 0 and a positive sigma"
-    assert (recon_only.vector_r2.abs() < 0.05).all() and (recon_only.norm_r2.abs() < 0.05).all(), \
-        f"introduced noise should be unpredictable: {recon_only[['vector_r2', 'norm_r2']].round(3).to_dict('list')}"
+    # an unpredictable target scores about -d / n_fit out of sample (the fit's variance), not 0
+    chance = -result.meta["d_in"] / result.meta["fit_tokens"]
+    scores = recon_only[["vector_r2", "norm_r2"]]
+    assert ((scores - chance).abs() < 0.05).all().all(), \
+        f"introduced noise should be unpredictable (chance {chance:.3f}): {scores.round(3).to_dict('list')}"
     assert (act_only.vector_r2 > 0.3).all(), f"activation noise should be predictable: {act_only.vector_r2.round(3).tolist()}"
     for part in ("sae+linear", "sae+nonlinear"):
         assert (t[f"ce_delta_{part}"] < t.ce_delta_sae).all(), \

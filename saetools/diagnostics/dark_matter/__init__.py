@@ -16,11 +16,24 @@ constant, stacked width decomposition), :mod:`.splice` (downstream CE of each pa
 """
 
 from saetools.diagnostics.dark_matter.decompose import (
-    DarkMatterDecomposition, collect_hooks, decompose, decompose_reconstruction, position_mask, sae_reconstruct,
+    DarkMatterDecomposition,
+    collect_hooks,
+    decompose,
+    decompose_reconstruction,
+    position_mask,
+    sae_reconstruct,
 )
 from saetools.diagnostics.dark_matter.regression import (
-    LinearFit, component_regressions, fit_linear, fvu, norm_r2, norm_r2_matrix, pooled_r2, r2_per_dim,
-    split_halves, vector_r2,
+    LinearFit,
+    component_regressions,
+    fit_linear,
+    fvu,
+    norm_r2,
+    norm_r2_matrix,
+    pooled_r2,
+    r2_per_dim,
+    split_halves,
+    vector_r2,
 )
 from saetools.diagnostics.dark_matter.scaling import PowerLawFit, fit_power_law, scaling_regions
 from saetools.diagnostics.dark_matter.splice import PARTS, Part, decomposition_hook, splice_ce

@@ -19,7 +19,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saetools.diagnostics.dark_matter.regression import (
-    LinearFit, fit_linear, fvu, norm_r2, pooled_r2, split_halves, vector_r2,
+    LinearFit,
+    fit_linear,
+    fvu,
+    norm_r2,
+    pooled_r2,
+    split_halves,
+    vector_r2,
 )
 from saetools.hooks import check_hook_names
 

@@ -62,7 +62,7 @@ def noise_injection(sae, x: Float[Tensor, "n d"], *, ablate_fractions: Sequence[
     rows = []
     for p in ablate_fractions:
         keep = torch.ones(f.shape[1], dtype=f.dtype, device=f.device)
-        keep[order[: int(round(p * len(order)))]] = 0
+        keep[order[: round(p * len(order))]] = 0
         base = sae.decode(f * keep).reshape(xb.shape).to(x)
         for sa in act_sigmas:
             for sr in recon_sigmas:
