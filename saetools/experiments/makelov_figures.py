@@ -1,0 +1,119 @@
+"""Figures of :mod:`saetools.experiments.makelov` (Makelov, Lange & Nanda 2024, NOTES §2.9).
+
+Each function takes a :class:`saetools.experiments.makelov.Result` and returns a matplotlib
+figure whose axes name the metric's definition.
+"""
+
+from __future__ import annotations
+
+from saetools.tasks import ioi
+
+__all__ = ["figures", "plot_approximation", "plot_edits", "plot_interpretability", "plot_occlusion"]
+
+
+def plot_approximation(result):
+    """Sufficiency and necessity per node set and dictionary (NOTES §2.4)."""
+    import matplotlib.pyplot as plt
+
+    t = result.approximation
+    sets = list(dict.fromkeys(t.nodes))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * len(t.dictionary.unique()) * len(sets) / 2 + 2.5), sharey=True)
+    for ax, col, title in ((axes[0], "sufficiency", "sufficiency = (LD_recon - LD_mean) / (LD_clean - LD_mean)"),
+                           (axes[1], "necessity", "necessity = (LD_clean - LD_nec) / (LD_clean - LD_mean)")):
+        piv = t.pivot_table(index="nodes", columns="dictionary", values=col, sort=False).loc[sets]
+        piv.plot.barh(ax=ax, width=0.8, legend=ax is axes[1])
+        ax.axvline(1.0, color="gray", lw=0.8)
+        ax.axvline(0.9, color="gray", lw=0.8, ls="--")
+        ax.set(title=title, xlabel=col)
+        ax.title.set_fontsize(9)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_edits(result):
+    """Edit accuracy (x) vs weight removed (y), interpretation-aware and -agnostic (NOTES §2.5)."""
+    import matplotlib.pyplot as plt
+
+    e = result.edits
+    sections = list(dict.fromkeys(e.section))
+    colors = dict(zip(sections, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    markers = dict(zip([v for v in e.dictionary.unique() if v not in ("none", "patch", "supervised")], "osD^v<>"))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharex=True, sharey=True)
+    for ax, method, title in ((axes[0], "aware", "interpretation-aware (F1-guided), x = latents exchanged"),
+                              (axes[1], "greedy", "interpretation-agnostic (greedy), x = latents exchanged")):
+        for (sec, var), g in e[e.method == method].groupby(["section", "dictionary"], sort=False):
+            g = g.sort_values("n")
+            ax.plot(g.accuracy, g.weight_removed, marker=markers[var], color=colors[sec], alpha=0.8, ms=5, lw=0.8)
+        sup = e[(e.dictionary == "supervised") & (e.method == "arithmetic")]
+        none = e[e.method == "none"]
+        for _, r in sup.iterrows():
+            ax.scatter(r.accuracy, r.weight_removed, marker="*", s=200, color=colors[r.section], edgecolor="k", zorder=5)
+        for _, r in none.iterrows():
+            ax.axvline(r.accuracy, color=colors[r.section], lw=0.6, ls=":")
+        ax.set(title=title, xlabel="edit accuracy (agreement of the top END token with counterfactual patching)")
+        ax.title.set_fontsize(9)
+    axes[0].set_ylabel("weight removed (share of the reconstruction the removed latents carry)")
+    handles = [plt.Line2D([], [], color=c, lw=2, label=s) for s, c in colors.items()]
+    handles += [plt.Line2D([], [], color="k", marker=m, ls="", label=v) for v, m in markers.items()]
+    handles += [plt.Line2D([], [], color="k", marker="*", ms=12, ls="", label="supervised (arithmetic)"),
+                plt.Line2D([], [], color="k", ls=":", label="no edit")]
+    axes[1].legend(handles=handles, fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_interpretability(result):
+    """Best-latent F1 per attribute value and mean-max cosine with supervised codes, per SAE variant (NOTES §2.6)."""
+    import matplotlib.pyplot as plt
+
+    attrs = list(ioi.ATTRIBUTES)
+    fig, axes = plt.subplots(2, len(attrs), figsize=(14, 6.5))
+    for j, attr in enumerate(attrs):
+        for v, g in result.f1[result.f1.attribute == attr].groupby("variant", sort=False):
+            axes[0, j].hist(g.f1, bins=20, range=(0, 1), histtype="step", lw=1.5, label=v)
+        axes[0, j].set(title=f"{attr}: best latent F1 per value", xlabel="F1 = 2PR/(P+R)", ylabel="values x nodes")
+        c = result.cosine[result.cosine.attribute.str.split(",").map(lambda a: attr in a)]
+        for v, g in c.groupby("variant", sort=False):
+            axes[1, j].hist(g.cosine, bins=20, range=(0, 1), histtype="step", lw=1.5, label=v)
+        axes[1, j].set(title=f"{attr}: max cosine of each supervised code with a decoder row",
+                       xlabel="cosine", ylabel="codes x nodes")
+        for ax in axes[:, j]:
+            ax.title.set_fontsize(9)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_occlusion(result):
+    """Left: the toy sweep (best F1 of each attribute vs alpha/beta). Right: real nodes, code-norm
+    ratio vs best latent F1 per attribute and SAE variant (NOTES §2.8)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    t = result.toy.table
+    axes[0].plot(t.ratio, t.best_f1_a, "o-", label="A (many values)")
+    axes[0].plot(t.ratio, t.best_f1_b, "s-", label="B (binary)")
+    axes[0].plot(t.ratio, t.f1_dense_b, "k:", label="B: F1 of a latent firing everywhere")
+    axes[0].axvline(1.0, color="gray", lw=0.6)
+    axes[0].set(xscale="log", xlabel="alpha / beta (A's magnitude over B's)", ylabel="best latent F1 (mean over values)",
+                title="toy: x = alpha e_A[v_A] + beta e_B[v_B] + noise")
+    axes[0].legend(fontsize=8)
+    o = result.occlusion
+    for (attr, var), g in o.groupby(["attribute", "variant"], sort=False):
+        axes[1].scatter(g.norm_ratio, g.best_f1, marker={"io": "o", "s": "s", "pos": "^"}[attr], alpha=0.8,
+                        label=f"{attr} / {var}")
+    axes[1].set(xscale="log", xlabel="code-norm ratio (RMS norm of the attribute's codes / strongest other)",
+                ylabel="best latent F1 (mean over values)", title="real nodes")
+    axes[1].axvline(1.0, color="gray", lw=0.6)
+    axes[1].legend(fontsize=6, ncol=2)
+    for ax in axes:
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def figures(result) -> dict:
+    """Every headline figure: ``{"approximation", "edits", "interpretability", "occlusion"}``."""
+    return {"approximation": plot_approximation(result), "edits": plot_edits(result),
+            "interpretability": plot_interpretability(result), "occlusion": plot_occlusion(result)}
