@@ -86,29 +86,19 @@ def plot_interpretability(result):
 
 
 def plot_occlusion(result):
-    """Left: the toy sweep (best F1 of each attribute vs alpha/beta). Right: real nodes, code-norm
-    ratio vs best latent F1 per attribute and SAE variant (NOTES §2.8)."""
+    """Left: the toy sweep (best F1 of each attribute vs alpha/beta). Middle and right: real nodes,
+    code-norm ratio vs best latent F1 (all SAE variants) and vs the supervised single-node edit
+    accuracy (NOTES §2.8). Drawn with :mod:`saetools.widgets.makelov`'s figures."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    t = result.toy.table
-    axes[0].plot(t.ratio, t.best_f1_a, "o-", label="A (many values)")
-    axes[0].plot(t.ratio, t.best_f1_b, "s-", label="B (binary)")
-    axes[0].plot(t.ratio, t.f1_dense_b, "k:", label="B: F1 of a latent firing everywhere")
-    axes[0].axvline(1.0, color="gray", lw=0.6)
-    axes[0].set(xscale="log", xlabel="alpha / beta (A's magnitude over B's)", ylabel="best latent F1 (mean over values)",
-                title="toy: x = alpha e_A[v_A] + beta e_B[v_B] + noise")
-    axes[0].legend(fontsize=8)
-    o = result.occlusion
-    for (attr, var), g in o.groupby(["attribute", "variant"], sort=False):
-        axes[1].scatter(g.norm_ratio, g.best_f1, marker={"io": "o", "s": "s", "pos": "^"}[attr], alpha=0.8,
-                        label=f"{attr} / {var}")
-    axes[1].set(xscale="log", xlabel="code-norm ratio (RMS norm of the attribute's codes / strongest other)",
-                ylabel="best latent F1 (mean over values)", title="real nodes")
-    axes[1].axvline(1.0, color="gray", lw=0.6)
-    axes[1].legend(fontsize=6, ncol=2)
-    for ax in axes:
-        ax.title.set_fontsize(9)
+    from saetools.widgets.makelov import occlusion_figure, toy_occlusion_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    toy_occlusion_figure(result.toy.table, ax=axes[0])
+    occlusion_figure(result.occlusion, y="best_f1", ax=axes[1])
+    per_node = result.occlusion.drop_duplicates(["node", "attribute"])
+    if "accuracy_supervised_arithmetic" in per_node.columns:
+        occlusion_figure(per_node, y="accuracy_supervised_arithmetic", ax=axes[2])
     fig.tight_layout()
     return fig
 
