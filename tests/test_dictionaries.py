@@ -27,7 +27,7 @@ from saetools.dictionaries import (
 from saetools.dictionaries.control import supervised_weight
 from tests.conftest import random_standard_sae
 
-EXACT = dict(atol=1e-4, rtol=1e-4)
+EXACT = {"atol": 1e-4, "rtol": 1e-4}
 NAMES = ["Ann", "Bob", "Cat", "Dan", "Eve"]
 
 
@@ -282,7 +282,7 @@ def test_aware_edit_matches_a_per_prompt_reference(sae_setup):
         f, f_cf = d.encode(x), d.encode(x_cf)
         w = latent_weights(d, f)
         for i in range(len(x)):
-            def pick(acts, value):
+            def pick(acts, value, n=n):
                 col = table.values.index(value)
                 ranked = [int(j) for j in table.ranking(value)]
                 return [j for j in ranked if float(table.f1[j, col]) > 0 and acts[j] != 0][:n]
@@ -308,7 +308,7 @@ def test_edit_accuracy_and_agreement_score_match_naive_definitions():
 
 
 def test_sae_dictionary_errors_are_clear(sae_setup):
-    d, x, _ = sae_setup
+    d, _, _ = sae_setup
     with pytest.raises(ValueError, match="d_in=16"):
         d.encode(torch.randn(4, 9))
     with pytest.raises(TypeError, match="sae-lens SAE"):

@@ -28,7 +28,7 @@ from saetools.dictionaries import (
 from saetools.dictionaries.ioi_saes import lr_multiplier, resample_dead
 from saetools.tasks import ioi
 
-TOL = dict(atol=2e-4, rtol=2e-4)
+TOL = {"atol": 2e-4, "rtol": 2e-4}
 NODES = (Node(0, "z", "END", 0), Node(1, "z", "END", 3))
 
 
@@ -191,7 +191,7 @@ def test_resampling_rewrites_only_dead_latents():
     torch.testing.assert_close(sae.W_dec[dead].norm(dim=-1), torch.ones(2))
     alive_norm = before["W_enc"][:, ~dead].norm(dim=0).mean()
     torch.testing.assert_close(sae.W_enc[:, dead].norm(dim=0), torch.full((2,), 0.2 * float(alive_norm)))
-    rows = [int(torch.argmax((torch.nn.functional.normalize(x, dim=-1) @ sae.W_dec[j]))) for j in (2, 9)]
+    rows = [int(torch.argmax(torch.nn.functional.normalize(x, dim=-1) @ sae.W_dec[j])) for j in (2, 9)]
     for j, i in zip((2, 9), rows):  # each new decoder row is one input's direction
         torch.testing.assert_close(sae.W_dec[j], torch.nn.functional.normalize(x[i], dim=0))
 

@@ -21,6 +21,12 @@ from saetools.dictionaries.control import (
     sae_edit_greedy,
 )
 from saetools.dictionaries.interpretability import F1Table, f1_scores, grouped_f1, mean_max_cosine
+from saetools.dictionaries.ioi_saes import (
+    IOISAEConfig,
+    train_node_sae,
+    train_node_saes,
+    webtext_attention_saes,
+)
 from saetools.dictionaries.nodes import (
     CrossSection,
     Node,
@@ -30,7 +36,6 @@ from saetools.dictionaries.nodes import (
     node_acts,
     run_with_nodes,
 )
-from saetools.dictionaries.ioi_saes import IOISAEConfig, train_node_sae, train_node_saes, webtext_attention_saes
 from saetools.dictionaries.supervised import (
     SAEDictionary,
     SupervisedDictionary,

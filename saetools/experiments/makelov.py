@@ -35,9 +35,15 @@ import torch
 
 from saetools import circuits
 from saetools.data import load_words
+from saetools.diagnostics.occlusion import (
+    ToyOcclusionConfig,
+    node_edit_accuracy,
+    occlusion_table,
+    over_splitting,
+    toy_occlusion_sweep,
+)
 from saetools.dictionaries import (
     CrossSection,
-    Node,
     NodeRunner,
     approximation,
     attribute_values,
@@ -49,13 +55,6 @@ from saetools.dictionaries import (
     ld_recovered,
     mean_max_cosine,
     node_acts,
-)
-from saetools.diagnostics.occlusion import (
-    ToyOcclusionConfig,
-    node_edit_accuracy,
-    occlusion_table,
-    over_splitting,
-    toy_occlusion_sweep,
 )
 from saetools.dictionaries.ioi_saes import IOISAEConfig, train_node_saes
 from saetools.experiments.makelov_figures import (

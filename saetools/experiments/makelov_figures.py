@@ -73,7 +73,7 @@ def plot_interpretability(result):
         for v, g in result.f1[result.f1.attribute == attr].groupby("variant", sort=False):
             axes[0, j].hist(g.f1, bins=20, range=(0, 1), histtype="step", lw=1.5, label=v)
         axes[0, j].set(title=f"{attr}: best latent F1 per value", xlabel="F1 = 2PR/(P+R)", ylabel="values x nodes")
-        c = result.cosine[result.cosine.attribute.str.split(",").map(lambda a: attr in a)]
+        c = result.cosine[result.cosine.attribute.str.split(",").map(lambda a, attr=attr: attr in a)]
         for v, g in c.groupby("variant", sort=False):
             axes[1, j].hist(g.cosine, bins=20, range=(0, 1), histtype="step", lw=1.5, label=v)
         axes[1, j].set(title=f"{attr}: max cosine of each supervised code with a decoder row",
