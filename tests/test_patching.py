@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from saetools import patching
+from saetools import incremental, patching
 from saetools.hooks import attached_hook_count
 from saetools.tasks import ioi
 
@@ -168,3 +168,110 @@ def test_bad_inputs_name_the_fix(random_model, pair):
         patching.path_patch(random_model, clean, corrupted, receivers=[(0, 1)], senders=[(1, 0)])
     with pytest.raises(ValueError, match="direction"):
         patching.patch_resid(random_model, clean, corrupted, direction="sideways")
+
+
+# --- the incremental path (saetools.incremental) against the hooked path and full runs ---
+
+def _hooked_path(monkeypatch):
+    """Force patch_heads onto its hooked full-forward path (the implementation before the fast one)."""
+    monkeypatch.setattr(patching.incremental, "unsupported", lambda model: "forced by the test")
+
+
+@pytest.mark.parametrize("component,positions,direction", [
+    ("z", "all", "denoise"), ("z", ["IO", "S2", "END"], "noise"), ("q", "all", "noise"),
+    ("k", "S1+1", "denoise"), ("v", "all", "denoise"), ("v", "END", "noise"),
+])
+def test_incremental_head_patching_equals_the_hooked_path(random_model, pair, monkeypatch, component, positions, direction):
+    clean, corrupted = pair
+    assert incremental.unsupported(random_model) is None
+    fast = patching.patch_heads(random_model, clean, corrupted, component=component, positions=positions,
+                                direction=direction)
+    with monkeypatch.context() as m:
+        _hooked_path(m)
+        slow = patching.patch_heads(random_model, clean, corrupted, component=component, positions=positions,
+                                    direction=direction)
+    assert list(fast.columns) == list(slow.columns) and len(fast) == len(slow)
+    assert (fast[["layer", "head", "position"]].to_numpy() == slow[["layer", "head", "position"]].to_numpy()).all()
+    torch.testing.assert_close(torch.tensor(fast.logit_diff.to_numpy()), torch.tensor(slow.logit_diff.to_numpy()),
+                               atol=ATOL, rtol=0)
+    for key in ("clean_logit_diff", "corrupted_logit_diff"):
+        torch.testing.assert_close(fast.attrs[key], slow.attrs[key], atol=ATOL, rtol=0)
+
+
+@pytest.fixture
+def deep_model():
+    """A 4-layer random model (several layers after the patch, GPT-2 settings) with the bundled tokenizer."""
+    from saetools.models.loading import bundled_model_dir
+    from saetools.models.tokenizer import load_tokenizer
+
+    from conftest import build_model, tiny_random_config
+
+    tok = load_tokenizer(bundled_model_dir("tiny-ioi"))
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = build_model(tiny_random_config(n_layers=4, d_vocab=len(tok), scale_attn_by_inverse_layer_idx=True), tok)
+    return model.eval()
+
+
+def test_incremental_path_on_a_deeper_model_equals_naive_per_prompt_reference(deep_model):
+    clean = ioi.render(deep_model, ioi.wang_spec(8, seed=5))
+    corrupted = patching.default_corruption(deep_model, clean, seed=2)
+    df = patching.patch_heads(deep_model, clean, corrupted, component="z", positions="all")
+    for layer, head in [(0, 0), (1, 3), (2, 1), (3, 2)]:
+        got = df.query("layer == @layer and head == @head").logit_diff.item()
+        want = _naive_head_patch(deep_model, clean, corrupted, layer, head, "z", "all")
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_incremental_caches_equal_a_full_forward_pass_up_to_end(random_model, pair):
+    clean, corrupted = pair
+    n = random_model.cfg.n_layers
+    end = torch.maximum(clean.positions["END"], corrupted.positions["END"])
+    full = incremental.full_cache(random_model, clean.tokens, end)
+    other = incremental.counterpart_cache(random_model, full, clean.tokens, corrupted.tokens, end)
+    for tokens, cache in ((clean.tokens, full), (corrupted.tokens, other)):
+        resid, ref = random_model.run_with_cache(tokens, stop_at_layer=n)
+        ref = {**dict(ref.items()), f"blocks.{n - 1}.hook_resid_post": resid}
+        for name, act in cache.items():
+            for i in range(len(clean)):
+                torch.testing.assert_close(act[i, : end[i] + 1], ref[name][i, : end[i] + 1], atol=1e-5, rtol=0)
+    # Before the first differing token the two caches are the same numbers, bit for bit.
+    first = (clean.tokens != corrupted.tokens).float().argmax(1)
+    for name in full:
+        for i in range(len(clean)):
+            assert torch.equal(full[name][i, : first[i]], other[name][i, : first[i]])
+
+
+def test_identical_prompts_make_every_patch_a_no_op(random_model, pair):
+    """A corrupted batch equal to the clean one: every window is just END, every result the clean run."""
+    clean, _ = pair
+    df = patching.patch_heads(random_model, clean, clean, component="k", positions="all")
+    torch.testing.assert_close(torch.tensor(df.logit_diff.to_numpy()),
+                               torch.full((len(df),), df.attrs["clean_logit_diff"], dtype=torch.float64),
+                               atol=ATOL, rtol=0)
+
+
+def test_attached_hooks_send_patching_to_the_hooked_path(random_model, pair):
+    """Hooks a user attached (or spliced SAEs) must act on every run: the fast path steps aside."""
+    clean, corrupted = pair
+    name = "blocks.1.hook_resid_pre"
+
+    def scale(act, hook):
+        return act * 1.5
+
+    plain = patching.patch_heads(random_model, clean, corrupted, heads=[(0, 1)])
+    with random_model.hooks(fwd_hooks=[(name, scale)]):
+        assert "hooks" in incremental.unsupported(random_model)
+        hooked = patching.patch_heads(random_model, clean, corrupted, heads=[(0, 1)])
+        want = _naive_head_patch(random_model, clean, corrupted, 0, 1, "z", "all")
+    assert incremental.unsupported(random_model) is None
+    torch.testing.assert_close(hooked.logit_diff.item(), want, atol=ATOL, rtol=0)
+    assert abs(hooked.logit_diff.item() - plain.logit_diff.item()) > 1e-3  # the hook mattered
+
+
+def test_fused_gelu_equals_transformer_lens_gelu_new():
+    from transformer_lens.utilities.activation_functions import gelu_new
+
+    x = torch.linspace(-12, 12, 10001)
+    torch.testing.assert_close(incremental._gelu_new(x.clone()), gelu_new(x), atol=1e-6, rtol=1e-6)
