@@ -16,7 +16,12 @@ import torch
 
 from saetools.lminfinite import LMInfiniteConfig
 from saetools.lminfinite_eval import (
-    VARIANTS, attention_entropy, binned_nll, passkey_accuracy, per_position_nll, time_and_memory,
+    VARIANTS,
+    attention_entropy,
+    binned_nll,
+    passkey_accuracy,
+    per_position_nll,
+    time_and_memory,
     variant_config,
 )
 

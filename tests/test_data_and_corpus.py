@@ -1,3 +1,5 @@
+import pytest
+
 from saetools.data import heldout_names, heldout_templates, ioi_template_data, load_words
 from saetools.models.corpus import (
     CorpusConfig,
@@ -5,8 +7,6 @@ from saetools.models.corpus import (
     generate_labelled_documents,
     training_templates,
 )
-
-import pytest
 
 
 def test_word_lists_are_unique_and_nonempty():

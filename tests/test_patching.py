@@ -201,10 +201,10 @@ def test_incremental_head_patching_equals_the_hooked_path(random_model, pair, mo
 @pytest.fixture
 def deep_model():
     """A 4-layer random model (several layers after the patch, GPT-2 settings) with the bundled tokenizer."""
+    from conftest import build_model, tiny_random_config
+
     from saetools.models.loading import bundled_model_dir
     from saetools.models.tokenizer import load_tokenizer
-
-    from conftest import build_model, tiny_random_config
 
     tok = load_tokenizer(bundled_model_dir("tiny-ioi"))
     with torch.random.fork_rng():

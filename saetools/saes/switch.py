@@ -61,6 +61,7 @@ from sae_lens.saes.sae import (
 from sae_lens.saes.topk_sae import _sparse_matmul_nd
 from torch import Tensor, nn
 
+from saetools.saes.decoder_norm import project_row_grad
 from saetools.saes.switch_kernels import (
     decoder_flops_per_token,
     dense_input_decode,
@@ -70,7 +71,6 @@ from saetools.saes.switch_kernels import (
     routed_topk,
     sort_by_expert,
     sparse_decode,
-    unit_row_grad,
 )
 
 __all__ = [
@@ -223,7 +223,7 @@ class _SwitchCore:
         p, expert = probs.max(-1)
         return expert, p, probs
 
-    def route(self, x: Float[Tensor, "... d_in"]) -> tuple[Int[Tensor, "..."], Float[Tensor, "... n_experts"]]:
+    def route(self, x: Float[Tensor, "*batch d_in"]) -> tuple[Int[Tensor, " *batch"], Float[Tensor, "*batch n_experts"]]:
         """The expert each token goes to and the router probabilities ``p(x)``.
 
         Returns:
@@ -404,7 +404,7 @@ class SwitchTrainingSAE(_SwitchCore, TrainingSAE[SwitchTrainingSAEConfig]):
         if self.cfg.geometric_median_init and step_input.n_training_steps == 0 and not self._biases_initialised:
             self.initialize_biases_from_data(flat.detach())
         self.normalize_decoder_()
-        W_dec = unit_row_grad(self.W_dec)
+        W_dec = project_row_grad(self.W_dec)
         n = flat.shape[0]
         if _hooked(self.hook_sae_acts_pre) or _hooked(self.hook_sae_acts_post):
             feature_acts, _ = self._encode(flat)

@@ -10,7 +10,6 @@ Here each token's work touches only its own expert:
   gradient a gather of ``k`` encoder columns per token;
 * :func:`sparse_decode` -- ``sum_j a_j W_dec[idx_j]`` reading only the ``k`` selected rows
   (``F.embedding_bag``), never a dense ``[n, d_sae]`` matrix;
-* :func:`unit_row_grad` -- the decoder-norm constraint's gradient projection;
 * :func:`load_balance_loss`, :func:`geometric_median` and the analytic FLOP counts.
 """
 
@@ -30,7 +29,6 @@ __all__ = [
     "routed_topk",
     "sort_by_expert",
     "sparse_decode",
-    "unit_row_grad",
 ]
 
 
@@ -193,27 +191,3 @@ def dense_input_decode(f: Float[Tensor, "n d_sae"], W_dec: Float[Tensor, "d_sae 
     offsets = torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
     offsets[1:] = torch.bincount(rows, minlength=f.shape[0]).cumsum(0)[:-1]
     return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=f[rows, cols])
-
-
-class _UnitRowGrad(torch.autograd.Function):
-    """Identity; the backward removes each row's gradient component along the row."""
-
-    @staticmethod
-    def forward(ctx, W_dec):
-        ctx.save_for_backward(W_dec)
-        return W_dec.view_as(W_dec)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (W_dec,) = ctx.saved_tensors
-        return grad - (grad * W_dec).sum(-1, keepdim=True) * W_dec
-
-
-def unit_row_grad(W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae d_in"]:
-    """``W_dec`` unchanged, but its gradient loses the component parallel to each (unit) row.
-
-    With rows renormalised before every step this keeps the decoder on the unit sphere to first
-    order (the authors' ``remove_gradient_parallel_to_decoder_directions``, NOTES §3.3; they
-    project after gradient clipping, sae-lens's trainer clips after this projection).
-    """
-    return _UnitRowGrad.apply(W_dec)

@@ -73,6 +73,8 @@ from sae_lens.saes.sae import (
 from sae_lens.saes.topk_sae import calculate_topk_aux_acts
 from torch import Tensor
 
+from saetools.saes.decoder_norm import project_row_grad
+
 __all__ = [
     "ARCHITECTURE",
     "LAST_PREFIX_SENTINEL",
@@ -217,21 +219,6 @@ class TopAFATrainingSAEConfig(TrainingSAEConfig):
         return TopAFASAEConfig
 
 
-class _ProjectRowGrad(torch.autograd.Function):
-    """Identity whose backward removes, per row, the gradient component parallel to the row."""
-
-    @staticmethod
-    def forward(ctx, w):
-        ctx.save_for_backward(w)
-        return w.view_as(w)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (w,) = ctx.saved_tensors
-        unit = w / w.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        return grad - (grad * unit).sum(-1, keepdim=True) * unit
-
-
 class _TopAFAMixin:
     """Encoding and decoding shared by the inference and training classes."""
 
@@ -292,7 +279,7 @@ class TopAFATrainingSAE(_TopAFAMixin, TrainingSAE[TopAFATrainingSAEConfig]):
                                               warm_up_steps=self.cfg.afa_warm_up_steps)}
 
     def _w_dec(self) -> Tensor:
-        return _ProjectRowGrad.apply(self.W_dec) if self.cfg.normalize_decoder else self.W_dec
+        return project_row_grad(self.W_dec) if self.cfg.normalize_decoder else self.W_dec
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         if self.cfg.normalize_decoder:
