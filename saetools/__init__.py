@@ -12,8 +12,17 @@ A thin layer over TransformerLens hooks and sae-lens v6. The public surface is s
   :func:`train_sae`, :func:`collect_activations`, :class:`ActivationStore` -- training on the
   sae-lens trainer; :mod:`saetools.saes` -- saving, loading; :func:`load_bundled_sae` -- small
   SAEs trained on the bundled model, with a card of measured metrics;
+* :mod:`saetools.dictionaries` -- supervised IOI feature dictionaries and the approximation /
+  control / interpretability evaluations of Makelov et al. 2024, for them and for SAEs;
+* :mod:`saetools.diagnostics` -- occlusion and over-splitting, decoder geometry, SAE dark matter;
+  :mod:`saetools.afa` -- AFA / epsilon_LBO (Lee et al. 2025); :mod:`saetools.pursuit` -- batched
+  gradient pursuit; :mod:`saetools.toy` -- toy superposition with ground truth;
+* sae-lens architectures registered on import: ``topafa``, ``switch`` (routed), ``topk_signed``,
+  ``gated_faithful`` (:mod:`saetools.saes`);
 * :mod:`saetools.lminfinite` -- LM-Infinite (Han et al. 2023) as scoped hooks;
-* :mod:`saetools.widgets` -- offline HTML and ipywidgets panels.
+* :mod:`saetools.widgets` -- offline HTML and ipywidgets panels;
+* :mod:`saetools.experiments` -- the paper reproductions behind the notebooks (config, run,
+  figures, checks).
 """
 
 from saetools.evals import evaluate_saes
