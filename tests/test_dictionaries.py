@@ -25,6 +25,7 @@ from saetools.dictionaries import (
     sae_edit_greedy,
 )
 from saetools.dictionaries.control import supervised_weight
+from saetools.dictionaries.nodes import Node
 from tests.conftest import random_standard_sae
 
 EXACT = {"atol": 1e-4, "rtol": 1e-4}
@@ -331,3 +332,23 @@ def test_coupled_mean_codes_backfit_to_the_least_squares_fit():
     io = spec.io.to_numpy()
     for k, v in enumerate(ind.values[("io",)]):
         torch.testing.assert_close(ind.codes[("io",)][k], (x[io == v] - x.mean(0)).mean(0), **EXACT)
+
+
+def test_experiment_falls_back_to_independent_codes_when_coupled_ones_miss_an_edit_value():
+    """The Makelov experiment's per-node choice: coupled codes win on variance, but a
+    counterfactual needs a joint (name, Pos) value the fit never saw -> independent codes."""
+    from saetools.experiments.makelov import _supervised
+
+    spec = factorial_spec(reps=3)
+    x, _ = planted(spec, coupled=True)
+    train = spec[~((spec.io == "Ann") & (spec.pattern == "BAB"))]
+    x_train = x[torch.tensor(train.index.to_numpy())]
+    train = train.reset_index(drop=True)
+    node = Node(1, "z", "END", head=0)
+    chosen, table = _supervised({node: x_train}, train, {node: x_train}, train)
+    assert table.chosen.iloc[0] == "coupled" and bool(table.covered_coupled.iloc[0])
+    cf = counterfactual_spec(train, "pos")  # flips (Ann, ABB) -> (Ann, BAB): never fitted
+    chosen, table = _supervised({node: x_train}, train, {node: x_train}, train, [train, cf])
+    assert table.chosen.iloc[0] == "independent"
+    assert not bool(table.covered_coupled.iloc[0]) and bool(table.covered_independent.iloc[0])
+    assert chosen[node].groups == fit_supervised(x_train, train, node=node).groups
