@@ -25,11 +25,6 @@ def test_mean_logit_difference_on_heldout_templates_and_names(heldout):
     assert ioi.logit_diff(logits, batch).mean() >= 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 2's target (accuracy >= 0.95 on held-out templates AND held-out names) is not met: "
-    "the shipped model measures 0.9395 (0.997 on Wang templates with training names); see MODEL_CARD.md",
-)
 def test_accuracy_target_on_heldout_templates_and_names(heldout):
     _, batch, logits = heldout
     assert ioi.accuracy(logits, batch).mean() >= 0.95

@@ -87,7 +87,7 @@ def test_bundled_model_unembedding_is_tied_like_gpt2(bundled_model):
 def test_tied_training_keeps_w_u_equal_to_w_e_transposed(tmp_path):
     from saetools.models.train_tiny import TrainConfig, train_tiny_ioi
 
-    cfg = TrainConfig(steps=3, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2)
+    cfg = TrainConfig(steps=3, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2, ema_start=1)
     train_tiny_ioi(cfg, tmp_path, eval_every=0)
     model = saetools.load_model(str(tmp_path))
     torch.testing.assert_close(model.W_U, model.W_E.T, atol=0, rtol=0)
@@ -98,7 +98,7 @@ def test_training_is_deterministic_in_its_seed(tmp_path):
 
     from saetools.models.train_tiny import TrainConfig, train_tiny_ioi
 
-    cfg = TrainConfig(steps=4, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2)
+    cfg = TrainConfig(steps=4, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2, ema_start=1)
     for run in ("a", "b"):
         train_tiny_ioi(cfg, tmp_path / run, eval_every=0)
     a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
