@@ -13,7 +13,20 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-__all__ = ["OfflineHTML", "attention_heads_html", "table_html"]
+__all__ = ["OfflineHTML", "WidgetWithFallback", "attention_heads_html", "table_html"]
+
+
+class WidgetWithFallback:
+    """Mixin for panels with ``widget()`` (ipywidgets) and ``html()`` (static): displaying the
+    panel shows the live widget, or the static page where ipywidgets is not installed."""
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        try:
+            display(self.widget())
+        except ImportError:
+            display(self.html())
 
 
 class OfflineHTML:

@@ -13,7 +13,7 @@ import html
 from collections.abc import Sequence
 from typing import Protocol
 
-from saetools.widgets.html import OfflineHTML, attention_heads_html, table_html
+from saetools.widgets.html import OfflineHTML, WidgetWithFallback, attention_heads_html, table_html
 
 __all__ = ["PanelBackend", "IOIPanel"]
 
@@ -44,7 +44,7 @@ def _summary_html(run) -> str:
             f"<div>{who}</div><div>mean-ablated heads: {abl}</div>")
 
 
-class IOIPanel:
+class IOIPanel(WidgetWithFallback):
     """An IOI explorer over a backend (see the module docstring).
 
     Args:
@@ -105,11 +105,3 @@ class IOIPanel:
             control.observe(refresh, names="value")
         refresh()
         return w.VBox([pick, text, w.HBox([abl, head]), summary, w.HBox([preds, attn])])
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        try:
-            display(self.widget())
-        except ImportError:
-            display(self.html())

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from saetools.widgets.html import OfflineHTML, table_html
+from saetools.widgets.html import OfflineHTML, WidgetWithFallback, table_html
 
 __all__ = [
     "EditPlayground", "OverSplittingExplorer", "edit_table", "figure_svg", "occlusion_figure", "oversplitting_figure",
@@ -143,7 +143,7 @@ def occlusion_figure(table: pd.DataFrame, *, y: str = "best_f1", ax=None):
     ax.legend(fontsize=7, title="attribute", title_fontsize=7)
     return ax.figure
 
-class OverSplittingExplorer:
+class OverSplittingExplorer(WidgetWithFallback):
     """Pick a node and an attribute: precision-recall scatter of the latents and the union-F1 curve.
 
     Args:
@@ -240,14 +240,6 @@ class OverSplittingExplorer:
         box.controls = {"node": node, "attribute": attr, "value": value, "info": info, "figure": fig}
         return box
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        try:
-            display(self.widget())
-        except ImportError:
-            display(self.html())
-
 
 # ---- edit playground --------------------------------------------------------------------------------
 
@@ -301,7 +293,7 @@ def _edit_html(table: pd.DataFrame) -> str:
     return f"<table border=0><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-class EditPlayground:
+class EditPlayground(WidgetWithFallback):
     """Pick a prompt, an attribute and a counterfactual value: compare supervised and SAE edits.
 
     Args:
@@ -413,11 +405,3 @@ class EditPlayground:
         box = w.VBox([prompt, w.HBox([attr, value]), out])
         box.controls = {"prompt": prompt, "attribute": attr, "value": value, "output": out}
         return box
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        try:
-            display(self.widget())
-        except ImportError:
-            display(self.html())
