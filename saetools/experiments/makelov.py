@@ -66,8 +66,8 @@ from saetools.experiments.makelov_figures import (
 )
 from saetools.tasks import ioi
 
-__all__ = ["Config", "Result", "check", "edit_targets", "figures", "plot_approximation", "plot_edits", "plot_interpretability",
-           "plot_occlusion", "run"]
+__all__ = ["Config", "Result", "check", "edit_targets", "figures", "plot_approximation", "plot_edits",
+           "plot_interpretability", "plot_occlusion", "run"]
 
 
 @dataclass(frozen=True, kw_only=True)
