@@ -101,12 +101,15 @@ WANG_2022_GPT2_CIRCUIT = Circuit(
 
 @dataclass(frozen=True, kw_only=True)
 class DiscoveryConfig:
-    """Thresholds of :func:`classify_heads`. Effects are relative to the largest in their column."""
+    """Thresholds of :func:`classify_heads`."""
 
-    effect: float = 0.25
-    """A head "matters" along a path when its effect is >= this fraction of the column's largest."""
+    coverage: float = 0.8
+    """A head "matters" along a path when it is one of the fewest heads whose effects, largest
+    first, add up to this fraction of the column's total positive effect. Scale-free, and unlike a
+    cut at a fraction of the largest effect it keeps heads that share a role with a dominant one."""
     min_effect: float = 0.02
-    """...and at least this absolute fraction of the clean-minus-corrupted logit difference."""
+    """...and its effect is at least this absolute fraction of the clean-minus-corrupted logit
+    difference (so that noise-level heads never count)."""
     induction: float = 0.3
     """Minimum induction score (attention to the token after the previous occurrence)."""
     duplicate: float = 0.3
@@ -121,7 +124,7 @@ class DiscoveryConfig:
     """Seed of the default corruption and of the random sequences."""
 
     def __post_init__(self) -> None:
-        for name in ("effect", "min_effect", "induction", "duplicate", "previous"):
+        for name in ("coverage", "min_effect", "induction", "duplicate", "previous"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"DiscoveryConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.n_prompts_copying < 1 or self.copy_length < 2:
@@ -190,8 +193,13 @@ def copying_scores(model, *, n: int = 32, length: int = 20, seed: int = 0) -> pd
 
 
 def _matters(col: pd.Series, cfg: DiscoveryConfig) -> pd.Series:
-    top = col.max()
-    return (col >= cfg.effect * top) & (col >= cfg.min_effect) if top > 0 else col != col
+    """Heads among the fewest whose positive effects reach ``coverage`` of the column's total."""
+    positive = col.clip(lower=0).sort_values(ascending=False, kind="stable")
+    total = positive.sum()
+    if total <= 0:
+        return col != col
+    n = int((positive.cumsum() < cfg.coverage * total).sum()) + 1
+    return col.index.isin(positive.index[:n]) & (col >= cfg.min_effect)
 
 
 def _ranked(df: pd.DataFrame, mask: pd.Series, by: str) -> tuple[Head, ...]:

@@ -110,8 +110,7 @@ embeddings and copying are trained.
 {batch_size} x {n_ctx} tokens, peak learning rate {lr}, warm-up {warmup} steps, cosine decay to
 10%, weight decay {weight_decay} on matrices. The saved weights are an exponential moving average of
 the weights (decay {ema_decay}, from step {ema_start}): {ema_line}. Training took
-{train_minutes:.1f} minutes on a 2-core CPU (the same schedule took 15.6 minutes on an earlier,
-faster machine: time it on yours).
+{train_minutes:.1f} minutes on a 2-core CPU.
 
 ## Measured ({n_eval} IOI prompts from held-out templates and held-out names, seed {eval_seed})
 | metric | value |

@@ -48,6 +48,19 @@ def test_a_strong_head_attending_to_s_is_not_a_name_mover():
     assert c.roles["name_mover"] == ()
 
 
+def test_heads_sharing_a_role_with_a_dominant_head_are_kept():
+    # direct effects 0.7 / 0.17 / 0.15 / 0.12 / 0.01 (total 1.15): the fewest heads reaching 80 %
+    # (0.92) are the first three, although the second is below a quarter of the largest.
+    t = _table({(0, 0): dict(direct=0.7, end_s=0.6), (0, 1): dict(direct=0.17, end_s=0.3),
+                (1, 0): dict(direct=0.15, end_s=0.5), (1, 1): dict(direct=0.12, end_s=0.5),
+                (2, 0): dict(direct=0.01, end_s=0.5)})
+    assert circuits.classify_heads(t).roles["s_suppression"] == ((0, 0), (0, 1), (1, 0))
+    tight = circuits.classify_heads(t, circuits.DiscoveryConfig(coverage=0.6))
+    assert tight.roles["s_suppression"] == ((0, 0),)
+    noise = circuits.classify_heads(t, circuits.DiscoveryConfig(coverage=1.0, min_effect=0.05))
+    assert noise.roles["s_suppression"] == ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
 def test_wang_circuit_constant_matches_notes():
     w = circuits.WANG_2022_GPT2_CIRCUIT
     assert w.roles["name_mover"] == ((9, 9), (9, 6), (10, 0))
@@ -56,8 +69,8 @@ def test_wang_circuit_constant_matches_notes():
 
 
 def test_config_validation_names_the_field():
-    with pytest.raises(ValueError, match="DiscoveryConfig.effect"):
-        circuits.DiscoveryConfig(effect=2.0)
+    with pytest.raises(ValueError, match="DiscoveryConfig.coverage"):
+        circuits.DiscoveryConfig(coverage=2.0)
 
 
 @pytest.fixture(scope="module")

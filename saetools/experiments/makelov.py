@@ -123,7 +123,10 @@ class Config:
     def profile(cls, name: str) -> Config:
         """``"smoke"`` (bundled model, CPU, about a minute) or ``"full"`` (GPT-2, GPU)."""
         if name == "smoke":
-            return cls(max_heads_per_role=1, n_names=64, n_train=1500, n_eval=200, ns_aware=(1, 4), ns_greedy=(2, 8),
+            # 5,000 prompts: about 39 per joint (name, Pos) value of the coupled tables with 64 names,
+            # like the default's 32 with 157 names; with 1,500 (12 per value) the noise of the coupled
+            # codes alone cost 6 points of sufficiency at tiny-ioi's io_mover node (0.862 vs 0.926).
+            return cls(max_heads_per_role=1, n_names=64, n_train=5000, n_eval=200, ns_aware=(1, 4), ns_greedy=(2, 8),
                        saes=IOISAEConfig(epochs=30, batch_size=256, lr=1e-2, expansion=4),
                        toy=ToyOcclusionConfig(ratios=(0.5, 0.8, 1.0, 1.25, 2.0), n_train=4096, n_eval=2048, epochs=6))
         if name == "full":
@@ -404,10 +407,8 @@ def check(result: Result) -> None:
 
     * Supervised dictionaries (mean codes) reach sufficiency >= 0.9 at every node set.
     * Some IO or S cross-section carries its attribute (patching changes >= 10 % of top
-      predictions), and the supervised arithmetic edits reach edit accuracy >= 0.9 for **S** at
-      every such cross-section. IO's accuracy is reported against the same target by
-      :func:`edit_targets` but not asserted here: on the bundled model it falls short (issue 5
-      stays open on it; ``tests/test_dictionaries_model.py`` holds the target as a strict xfail).
+      predictions), and the supervised arithmetic edits reach edit accuracy >= 0.9 at every such
+      cross-section (:func:`edit_targets`).
     * Every SAE variant is scored on the same axes: finite sufficiency / necessity at every node
       set, and edits of both methods at every cross-section.
     * The occlusion toy collapses: where B dominates (smallest alpha/beta) B has a latent with
@@ -420,8 +421,8 @@ def check(result: Result) -> None:
     bad = sup[~(sup.sufficiency >= SUFFICIENCY_MIN)]
     assert bad.empty, f"supervised sufficiency below {SUFFICIENCY_MIN}: {bad.set_index('nodes').sufficiency.round(3).to_dict()}"
     targets = edit_targets(result)
-    assert (targets.attribute == "s").any(), f"no S cross-section carries S: nothing to check ({targets})"
-    for r in targets[(targets.attribute == "s") & ~targets.met].itertuples():
+    assert not targets.empty, f"no IO or S cross-section carries its attribute: nothing to check ({result.edits})"
+    for r in targets[~targets.met].itertuples():
         raise AssertionError(f"{r.section}: supervised edit accuracy {r.accuracy:.3f} < {EDIT_ACCURACY_MIN} "
                              f"(patching changes {r.changed:.2f} of predictions)")
     e = result.edits

@@ -31,7 +31,7 @@ class TrainConfig:
 
     seed: int = 0
     """Seeds the corpus, the tokenizer corpus, the initialisation and the batch order."""
-    steps: int = 3000
+    steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 64
     """Rows per step."""
