@@ -110,7 +110,11 @@ embeddings and copying are trained.
 {batch_size} x {n_ctx} tokens, peak learning rate {lr}, warm-up {warmup} steps, cosine decay to
 10%, weight decay {weight_decay} on matrices. The saved weights are an exponential moving average of
 the weights (decay {ema_decay}, from step {ema_start}): {ema_line}. Training took
-{train_minutes:.1f} minutes on a 2-core CPU.
+{train_minutes:.1f} minutes on a 2-core CPU. Training on a CPU is not bitwise
+reproducible: parallel floating-point reductions round differently from run to run (the loss
+differs in the 7th significant digit from about step 150 on, with or without `MKL_CBWR`), and
+training amplifies that, so a rerun from the seed lands near, not on, the numbers below; measure
+a rerun with `--out DIR`.
 
 ## Measured ({n_eval} IOI prompts from held-out templates and held-out names, seed {eval_seed})
 | metric | value |
