@@ -131,14 +131,22 @@ def head_ablation_sweep(
     Columns: ``layer, head, logit_diff, delta`` (ablated minus clean mean logit difference)
     and ``frac_drop = -delta / clean``; sorted by ``frac_drop`` descending.
     """
-    clean = float(head_ablated_logit_diff(model, batch, [], replacements=None).mean())
+    n_layers = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    with torch.no_grad():
+        final, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n in names, stop_at_layer=n_layers)
+    clean = float(ioi.logit_diff_from_resid(model, final, batch).mean())
     reps = replacements
     if reps is None:
         reps = head_z_replacements(model, batch, method=method, reference=reference, seed=seed)
     rows = []
-    heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    heads = [(l, h) for l in range(n_layers) for h in range(model.cfg.n_heads)]
     for layer, head in tqdm(heads, desc="head ablation", leave=False):
-        ld = float(head_ablated_logit_diff(model, batch, [(layer, head)], replacements=reps).mean())
+        # the layers before the head's are unchanged: start from the clean residual stream there
+        with torch.no_grad():
+            resid = model.run_with_hooks(cache[names[layer]], start_at_layer=layer, stop_at_layer=n_layers,
+                                         fwd_hooks=_hooks_for([(layer, head)], reps))
+        ld = float(ioi.logit_diff_from_resid(model, resid, batch).mean())
         rows.append({"layer": layer, "head": head, "logit_diff": ld, "delta": ld - clean})
     df = pd.DataFrame(rows)
     df["frac_drop"] = -df["delta"] / clean

@@ -41,6 +41,22 @@ def test_sweep_table_is_tidy(random_model):
     assert len(df) == 8 and df.frac_drop.is_monotonic_decreasing
 
 
+def test_sweep_equals_full_runs_per_head(random_model):
+    # the sweep starts each run at the ablated head's layer; compare with whole-model runs
+    spec = ioi.wang_spec(24, seed=3)
+    batch = ioi.render(random_model, spec)
+    ref = ioi.render(random_model, ablation.abc_counterpart(spec, seed=4))
+    reps = ablation.head_z_replacements(random_model, batch, method="mean", reference=ref)
+    df = ablation.head_ablation_sweep(random_model, batch, method="mean", replacements=reps).set_index(["layer", "head"])
+    clean = float(ablation.head_ablated_logit_diff(random_model, batch, [], replacements=None).mean())
+    assert df.attrs["clean_logit_diff"] == pytest.approx(clean, abs=1e-5)
+    for (layer, head), row in df.iterrows():
+        full = float(ablation.head_ablated_logit_diff(random_model, batch, [(layer, head)], replacements=reps).mean())
+        assert row.logit_diff == pytest.approx(full, abs=1e-5), (layer, head)
+    assert df.delta.abs().max() > 1e-4  # ablation does something on this model
+    assert attached_hook_count(random_model) == 0
+
+
 def test_no_hook_survives_an_exception(random_model):
     before = attached_hook_count(random_model)
 

@@ -5,6 +5,7 @@ SAE (save / load / splice), per-node SAE training and the webtext loader's offli
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -261,19 +262,21 @@ def test_webtext_saes_fail_clearly():
         webtext_attention_saes([Node(5, "z", "END")])
 
 
-@pytest.fixture(scope="module")
-def smoke_result(_bundled):
+def test_edit_targets_keep_the_carried_io_and_s_sections():
+    """``edit_targets`` on a hand-made edits table (the end-to-end run is notebook 03's check)."""
+    from types import SimpleNamespace
+
     from saetools.experiments import makelov
 
-    return makelov.run(_bundled, makelov.Config.profile("smoke"))
-
-
-def test_edit_targets_cover_the_carried_cross_sections(smoke_result):
-    from saetools.experiments import makelov
-
-    t = makelov.edit_targets(smoke_result)
-    assert set(t.attribute) == {"io", "s"}, t
-    assert (t.changed >= makelov.CARRY_MIN).all() and t.accuracy.between(0, 1).all()
-    assert list(t.met) == list(t.accuracy >= makelov.EDIT_ACCURACY_MIN)
-    assert t.met.all(), t  # issue 5's control target, IO and S
-    makelov.check(smoke_result)  # sufficiency, SAE axes, toy collapse, over-splitting
+    rows = []
+    for section, attr, none_acc, sup_acc in (("IO in a", "io", 0.80, 0.95), ("IO in b", "io", 0.95, 0.50),
+                                             ("S in c", "s", 0.70, 0.85), ("POS in a", "pos", 0.50, 1.0)):
+        rows += [dict(section=section, attribute=attr, dictionary="none", method="none", accuracy=none_acc),
+                 dict(section=section, attribute=attr, dictionary="supervised", method="arithmetic", accuracy=sup_acc),
+                 dict(section=section, attribute=attr, dictionary="supervised", method="zero_ablate_subspace",
+                      accuracy=1.0)]
+    t = makelov.edit_targets(SimpleNamespace(edits=pd.DataFrame(rows)))
+    # "IO in b": patching changes only 5 % of predictions (< CARRY_MIN), so it carries nothing; Pos is no target
+    assert list(t.section) == ["IO in a", "S in c"]
+    assert t.changed.round(6).tolist() == [0.2, 0.3] and t.accuracy.tolist() == [0.95, 0.85]
+    assert t.met.tolist() == [True, False]
