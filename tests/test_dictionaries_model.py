@@ -126,16 +126,30 @@ def test_edit_cross_section_matches_per_prompt_reference(setup):
     tr = node_acts(model, train, NODES)
     acts, cf_acts = node_acts(model, clean, NODES), node_acts(model, cf, NODES)
     sup = {n: fit_supervised(tr[n], train.spec) for n in NODES}
+    ctx = ioi.render(model, ioi.resample_context(cf.spec, seed=3), equal_length=True)
+    ctx_acts = node_acts(model, ctx, NODES)
     section = CrossSection("IO test", "io", NODES)
     df = edit_cross_section(model, clean, cf, section, acts=acts, cf_acts=cf_acts, supervised=sup,
-                            supervised_methods=("arithmetic",)).set_index("method")
+                            supervised_methods=("arithmetic",), context_acts=ctx_acts).set_index("method")
     patched = naive_end_logits(model, clean, cf_acts).argmax(-1)
     edits = {n: sup[n].edit(acts[n], clean.spec, cf.spec, "io") for n in NODES}
     edited = naive_end_logits(model, clean, edits).argmax(-1)
     none = naive_end_logits(model, clean, {}).argmax(-1)
+    same = naive_end_logits(model, clean, ctx_acts).argmax(-1)
     assert df.accuracy["arithmetic"] == pytest.approx(float((edited == patched).float().mean()))
     assert df.accuracy["none"] == pytest.approx(float((none == patched).float().mean()))
+    assert df.accuracy["same attributes"] == pytest.approx(float((same == patched).float().mean()))
     assert df.accuracy["patch"] == 1.0
+
+    def distance(reps):  # per prompt, over both nodes, relative to the clean-to-counterfactual distance
+        d = [float(np.sqrt(sum(float((reps[n][i] - cf_acts[n][i]).pow(2).sum()) for n in NODES)
+                           / sum(float((acts[n][i] - cf_acts[n][i]).pow(2).sum()) for n in NODES)))
+             for i in range(len(clean))]
+        return float(np.median(d))
+
+    assert df.distance["patch"] == 0.0 and df.distance["none"] == pytest.approx(1.0)
+    assert df.distance["arithmetic"] == pytest.approx(distance(edits), rel=1e-4)
+    assert df.distance["same attributes"] == pytest.approx(distance(ctx_acts), rel=1e-4)
     with pytest.raises(ValueError, match="one counterfactual per prompt"):
         edit_cross_section(model, clean, cf[:3], section, acts=acts, cf_acts=cf_acts, supervised=sup)
 
@@ -272,11 +286,18 @@ def test_edit_targets_keep_the_carried_io_and_s_sections():
     for section, attr, none_acc, sup_acc in (("IO in a", "io", 0.80, 0.95), ("IO in b", "io", 0.95, 0.50),
                                              ("S in c", "s", 0.70, 0.85), ("POS in a", "pos", 0.50, 1.0)):
         rows += [dict(section=section, attribute=attr, dictionary="none", method="none", accuracy=none_acc),
-                 dict(section=section, attribute=attr, dictionary="supervised", method="arithmetic", accuracy=sup_acc),
+                 dict(section=section, attribute=attr, dictionary="supervised", method="arithmetic", accuracy=sup_acc,
+                      distance=0.2),
                  dict(section=section, attribute=attr, dictionary="supervised", method="zero_ablate_subspace",
-                      accuracy=1.0)]
+                      accuracy=1.0, distance=0.1)]
+    rows.append(dict(section="S in c", attribute="s", dictionary="patch", method="same attributes", accuracy=0.97,
+                     distance=0.05))
     t = makelov.edit_targets(SimpleNamespace(edits=pd.DataFrame(rows)))
     # "IO in b": patching changes only 5 % of predictions (< CARRY_MIN), so it carries nothing; Pos is no target
     assert list(t.section) == ["IO in a", "S in c"]
     assert t.changed.round(6).tolist() == [0.2, 0.3] and t.accuracy.tolist() == [0.95, 0.85]
-    assert t.met.tolist() == [True, False]
+    assert t.distance.tolist() == [0.2, 0.2] and t.met.tolist() == [True, False]
+    assert np.isnan(t.same_attributes[0]) and t.same_attributes[1] == 0.97 and t.same_attributes_distance[1] == 0.05
+    whole = makelov.edit_targets(SimpleNamespace(edits=None, whole_circuit=pd.DataFrame(rows[3:])),
+                                 whole_circuit=True)
+    assert list(whole.section) == ["S in c"]

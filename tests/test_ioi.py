@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +49,20 @@ def test_counterfactuals_change_exactly_one_attribute(attribute):
     assert (cf.template == spec.template).all() and (cf.place == spec.place).all()
     # new names never collide with names already in the prompt
     assert (cf.io != cf.s).all()
+
+
+def test_resample_context_keeps_the_attributes_and_shuffles_the_rest():
+    spec = ioi.makelov_spec(300, seed=0)
+    out = ioi.resample_context(spec, seed=4)
+    for c in ("io", "s", "s1", "pattern"):
+        assert (out[c] == spec[c]).all(), c
+    rows = list(zip(*(spec[c] for c in ("template", "place", "object"))))
+    new = list(zip(*(out[c] for c in ("template", "place", "object"))))
+    assert sorted(new) == sorted(rows)  # the same contexts, drawn jointly from other prompts
+    assert np.mean([a != b for a, b in zip(new, rows)]) > 0.9
+    assert ioi.resample_context(spec, seed=4).equals(out)
+    with pytest.raises(ValueError, match="at least 2"):
+        ioi.resample_context(spec[:1], seed=0)
 
 
 def test_symmetric_adds_swapped_twins():

@@ -16,7 +16,14 @@ To change attribute ``a`` of prompt ``p`` from ``v`` to ``v'``:
 4. **Edit accuracy**: the fraction of prompts whose top END prediction after the edit equals the
    one after counterfactual patching. The **agreement score** rescales it:
    ``(acc_edit - acc_none) / (acc_supervised - acc_none)`` clipped to ``[0, 2]``, where
-   ``acc_none`` is the agreement of the unedited model with the patched one.
+   ``acc_none`` is the agreement of the unedited model with the patched one. The **distance**
+   of an edit is ``||a_edit - a(p')|| / ||a(p) - a(p')||`` over the cross-section's nodes
+   (median over prompts): 0 is the counterfactual activation, 1 as far as the clean one.
+   A second reference shows how far the attribute values alone decide what the nodes pass on:
+   patch from a prompt with the counterfactual's attribute values in *another context* (template, place, object;
+   :func:`saetools.tasks.ioi.resample_context`). Where that agrees with patching but an edit
+   does not, the edit misses something the attribute values determine -- an interaction
+   between attributes, for additive codes.
 5. **Edit magnitude, "weight removed"**: for ``x_hat = sum_j f_j d_j + b_dec`` the weight of
    latent ``j`` is ``w_j = f_j <d_j, x_hat - b_dec> / ||x_hat - b_dec||^2`` (the weights of
    the active latents sum to 1); an edit's magnitude is the summed weight of the latents it
@@ -158,6 +165,7 @@ def edit_cross_section(
     ns_aware: Sequence[int] = (1, 2, 4, 8),
     ns_greedy: Sequence[int] = (2, 4, 8, 16),
     runner: NodeRunner | None = None,
+    context_acts: Mapping[Node, Tensor] | None = None,
 ) -> pd.DataFrame:
     """Every edit of one cross-section, scored against counterfactual patching.
 
@@ -168,31 +176,41 @@ def edit_cross_section(
         saes: per SAE variant name, an SAE per node; ``f1_tables`` the matching F1 tables for
             the section's attribute (needed for interpretation-aware edits).
         runner: a :class:`NodeRunner` on ``batch`` to reuse across calls (it caches the clean prefix).
+        context_acts: the nodes' vectors on prompts with the counterfactual's attribute values in
+            another context (:func:`saetools.tasks.ioi.resample_context` of ``cf_batch.spec``);
+            adds the reference row ``("patch", "same attributes")``.
 
     Returns:
         One row per edit: ``section, attribute, dictionary, method, n, accuracy, agreement,
-        weight_removed, logit_diff`` (mean clean-answer logit difference after the edit), with
-        the reference rows ``"patch"`` and ``"none"``.
+        weight_removed, logit_diff`` (mean clean-answer logit difference after the edit),
+        ``distance`` (module docstring), with the reference rows ``"patch"`` and ``"none"``.
     """
     nodes, attr = section.nodes, section.attribute
     if len(cf_batch) != len(batch):
         raise ValueError(f"cf_batch has {len(cf_batch)} prompts, batch {len(batch)}: pass one counterfactual per prompt")
     run = runner if runner is not None else NodeRunner(model, batch)
-    patched = run({nd: cf_acts[nd] for nd in nodes})
-    clean = run({})
+    cf = {nd: cf_acts[nd] for nd in nodes}
+    patched = run(cf)
     rows = []
+    span = torch.stack([(acts[nd] - cf_acts[nd]).pow(2).sum(-1) for nd in nodes]).sum(0).sqrt().clamp_min(1e-12)
 
-    def row(dictionary, method, n, end, weight):
+    def row(dictionary, method, n, reps, weight):
+        end = run(reps)
         ld = (end.gather(1, batch.io_ids[:, None]) - end.gather(1, batch.s_ids[:, None])).mean()
+        full = {nd: reps.get(nd, acts[nd]) for nd in nodes}
+        dist = torch.stack([(full[nd] - cf_acts[nd]).pow(2).sum(-1) for nd in nodes]).sum(0).sqrt() / span
         rows.append({"section": section.name, "attribute": attr, "dictionary": dictionary, "method": method, "n": n,
-                     "accuracy": edit_accuracy(end, patched), "weight_removed": weight, "logit_diff": float(ld)})
+                     "accuracy": edit_accuracy(end, patched), "weight_removed": weight, "logit_diff": float(ld),
+                     "distance": float(dist.quantile(0.5))})
 
-    row("none", "none", 0, clean, 0.0)
-    row("patch", "patch", 0, patched, float("nan"))
+    row("none", "none", 0, {}, 0.0)
+    row("patch", "patch", 0, cf, float("nan"))
+    if context_acts is not None:
+        row("patch", "same attributes", 0, {nd: context_acts[nd] for nd in nodes}, float("nan"))
     sup_w = float(torch.stack([supervised_weight(supervised[nd], batch.spec, attr) for nd in nodes]).mean())
     for method in supervised_methods:
         edits = {nd: supervised[nd].edit(acts[nd], batch.spec, cf_batch.spec, attr, method) for nd in nodes}
-        row("supervised", method, 1, run(edits), sup_w)
+        row("supervised", method, 1, edits, sup_w)
     values, cf_values = attribute_values(batch.spec, attr), attribute_values(cf_batch.spec, attr)
     for name, per_node in (saes or {}).items():
         for n in ns_aware:
@@ -200,11 +218,11 @@ def edit_cross_section(
                 break
             out = {nd: sae_edit_aware(per_node[nd], acts[nd], cf_acts[nd], f1_tables[name][nd], values, cf_values, n)
                    for nd in nodes}
-            row(name, "aware", 2 * n, run({nd: e for nd, (e, _) in out.items()}),
+            row(name, "aware", 2 * n, {nd: e for nd, (e, _) in out.items()},
                 float(torch.stack([w for _, w in out.values()]).mean()))
         for n in ns_greedy:
             out = {nd: sae_edit_greedy(per_node[nd], acts[nd], cf_acts[nd], n) for nd in nodes}
-            row(name, "greedy", n, run({nd: e for nd, (e, _) in out.items()}),
+            row(name, "greedy", n, {nd: e for nd, (e, _) in out.items()},
                 float(torch.stack([w for _, w in out.values()]).mean()))
     df = pd.DataFrame(rows)
     acc_none = float(df.accuracy[df.method == "none"].iloc[0])

@@ -141,12 +141,18 @@ class Result:
 
     config: Config
     circuit: circuits.Circuit
+    """The circuit whose nodes are studied with SAEs (at most ``max_heads_per_role`` heads per role)."""
     sections: list[CrossSection]
     approximation: pd.DataFrame
     """One row per (node set, dictionary): ``nodes, dictionary, sufficiency, necessity,
     ld_recovered, clean, mean_ablated, reconstructed, necessity_ablated, mse, variance_explained``."""
     edits: pd.DataFrame
     """One row per (cross-section, dictionary, method, n) (:func:`edit_cross_section`)."""
+    whole_circuit: pd.DataFrame
+    """The supervised dictionaries alone on every cross-section of the *whole* circuit (every head of
+    every role, even where ``max_heads_per_role`` keeps fewer for the SAEs): the rows of
+    :func:`edit_cross_section` for the arithmetic edit and the references, with the node set's
+    ``nodes`` and supervised ``sufficiency``."""
     f1: pd.DataFrame
     """Best-latent F1 per ``variant, node, attribute, value`` (with that latent's precision, recall)."""
     grouped: pd.DataFrame
@@ -177,9 +183,20 @@ class Result:
     meta: dict = field(default_factory=dict)
 
 
-def _circuit(model, cfg: Config, names: list[str], eval_batch, io_targets) -> tuple[circuits.Circuit, pd.DataFrame | None]:
+def _circuit(model, cfg: Config, names: list[str], eval_batch, io_targets
+             ) -> tuple[circuits.Circuit, circuits.Circuit, pd.DataFrame | None]:
+    """The whole circuit, the one whose nodes get SAEs (``max_heads_per_role``), and the IO patching table."""
     if cfg.circuit == "wang2022":
-        return circuits.WANG_2022_GPT2_CIRCUIT, None
+        circuit, patched = circuits.WANG_2022_GPT2_CIRCUIT, None
+    else:
+        circuit, patched = _discover(model, cfg, names, eval_batch, io_targets)
+    kept = circuit
+    if cfg.max_heads_per_role is not None:
+        kept = circuits.Circuit({r: hs[: cfg.max_heads_per_role] for r, hs in circuit.roles.items()}, name=circuit.name)
+    return circuit, kept, patched
+
+
+def _discover(model, cfg: Config, names, eval_batch, io_targets) -> tuple[circuits.Circuit, pd.DataFrame | None]:
     clean = ioi.render(model, ioi.wang_spec(cfg.n_discovery, seed=cfg.seed, names=names))
     circuit = circuits.discover_circuit(model, clean).circuit
     patched = None
@@ -189,8 +206,6 @@ def _circuit(model, cfg: Config, names: list[str], eval_batch, io_targets) -> tu
         heads = [(int(l), int(h)) for l, h in zip(movers.layer, movers["head"]) if (l, h) not in circuit]
         if heads:
             circuit = circuit.with_role("io_mover", heads)
-    if cfg.max_heads_per_role is not None:
-        circuit = circuits.Circuit({r: hs[: cfg.max_heads_per_role] for r, hs in circuit.roles.items()}, name=circuit.name)
     return circuit, patched
 
 
@@ -271,6 +286,19 @@ def _occlusion(model, clean, batches, acts, independent, saes, tables, cfg, runn
     return pd.concat(frames, ignore_index=True), splits_
 
 
+def _whole_circuit(model, clean, batches, sections, acts, context_acts, supervised, clean_ld, runner) -> pd.DataFrame:
+    """Supervised sufficiency and arithmetic edits (with both patching references) per cross-section."""
+    frames = []
+    for s in sections:
+        a = approximation(model, clean, {n: supervised[n] for n in s.nodes}, acts=acts["clean"], clean_ld=clean_ld,
+                          runner=runner)
+        e = edit_cross_section(model, clean, batches[s.attribute], s, acts=acts["clean"], cf_acts=acts[s.attribute],
+                               supervised=supervised, supervised_methods=("arithmetic",), runner=runner,
+                               context_acts=context_acts[s.attribute])
+        frames.append(e.assign(nodes=", ".join(n.label for n in s.nodes), sufficiency=a.sufficiency))
+    return pd.concat(frames, ignore_index=True)
+
+
 @torch.no_grad()
 def _playground(model, batches, supervised, saes, tables, cfg, names) -> pd.DataFrame:
     """END logits of every edit on a few prompts, for the edit playground widget."""
@@ -315,19 +343,27 @@ def run(model, cfg: Config) -> Result:
     clean = ioi.render(model, ioi.makelov_spec(cfg.n_eval, seed=cfg.seed + 1, names=list(splits["base"])),
                        equal_length=True)
     cf_names = {"io": list(splits["io_targets"]), "s": list(splits["s_targets"]), "pos": None}
-    circuit, patched = _circuit(model, cfg, names, clean, cf_names["io"])
-    sections = cross_sections(circuit, kinds=cfg.kinds)
+    whole_circuit, circuit, patched = _circuit(model, cfg, names, clean, cf_names["io"])
+    sections, whole = cross_sections(circuit, kinds=cfg.kinds), cross_sections(whole_circuit, kinds=cfg.kinds)
     if not sections:
         raise ValueError(f"the circuit {circuit.roles} has no roles with Makelov nodes (ROLE_NODES)")
-    nodes = sorted({n for s in sections for n in s.nodes}, key=lambda n: (n.layer, n.head or 0, n.kind))
-    train_acts = node_acts(model, train, nodes)
-    batches = {"clean": clean}
+    order = lambda n: (n.layer, n.head or 0, n.kind)  # noqa: E731
+    nodes = sorted({n for s in sections for n in s.nodes}, key=order)
+    all_nodes = sorted({n for s in whole for n in s.nodes}, key=order)
+    all_train_acts = node_acts(model, train, all_nodes)
+    train_acts = {n: all_train_acts[n] for n in nodes}
+    batches, contexts = {"clean": clean}, {}
     for attr in ioi.ATTRIBUTES:
         spec = ioi.counterfactual(clean.spec, attr, seed=cfg.seed + 2, names=cf_names[attr])
         batches[attr] = ioi.render(model, spec, equal_length=True)
-    acts = {k: node_acts(model, b, nodes) for k, b in batches.items()}
-    supervised, choice = _supervised(train_acts, train.spec, acts["clean"], clean.spec,
-                                     [b.spec for b in batches.values()])
+        contexts[attr] = ioi.render(model, ioi.resample_context(spec, seed=cfg.seed + 3), equal_length=True)
+    all_acts = {k: node_acts(model, b, all_nodes) for k, b in batches.items()}
+    context_acts = {k: node_acts(model, b, all_nodes) for k, b in contexts.items()}
+    acts = {k: {n: a[n] for n in nodes} for k, a in all_acts.items()}
+    all_supervised, all_choice = _supervised(all_train_acts, train.spec, all_acts["clean"], clean.spec,
+                                             [b.spec for b in batches.values()])
+    supervised = {n: all_supervised[n] for n in nodes}
+    choice = all_choice[all_choice.node.isin([n.label for n in nodes])].reset_index(drop=True)
     variants = {"supervised": supervised,
                 "supervised independent": {n: fit_supervised(train_acts[n], train.spec, node=n) for n in nodes},
                 "supervised independent lstsq": {n: fit_supervised(train_acts[n], train.spec, method="lstsq", node=n)
@@ -358,16 +394,19 @@ def run(model, cfg: Config) -> Result:
         edit_cross_section(model, clean, batches[s.attribute], s, acts=acts["clean"], cf_acts=acts[s.attribute],
                            supervised=supervised, saes=saes,
                            f1_tables={v: {n: t[n][s.attribute] for n in s.nodes} for v, t in tables.items()},
-                           ns_aware=cfg.ns_aware, ns_greedy=cfg.ns_greedy, runner=runner)
+                           ns_aware=cfg.ns_aware, ns_greedy=cfg.ns_greedy, runner=runner,
+                           context_acts=context_acts[s.attribute])
         for s in sections], ignore_index=True)
+    whole_edits = _whole_circuit(model, clean, batches, whole, all_acts, context_acts, all_supervised, clean_ld, runner)
     occl, splits_ = _occlusion(model, clean, batches, acts, variants["supervised independent"], saes, tables,
                                cfg, runner)
     toy = toy_occlusion_sweep(cfg.toy, progress=False)
     playground = _playground(model, batches, supervised, saes, tables, cfg, names)
     meta = {"config": asdict(cfg), "n_names": len(names), "nodes": [n.label for n in nodes],
             "clean_logit_diff": clean_ld, "attribute_patching": patched, "parametrization": choice,
-            "skipped": skipped}
-    return Result(config=cfg, circuit=circuit, sections=sections, approximation=approx, edits=edits, f1=f1,
+            "whole_circuit": whole_circuit, "whole_parametrization": all_choice, "skipped": skipped}
+    return Result(config=cfg, circuit=circuit, sections=sections, approximation=approx, edits=edits,
+                  whole_circuit=whole_edits, f1=f1,
                   grouped=grouped, cosine=cosine, supervised=supervised, saes=saes, f1_tables=tables, eval_acts=acts,
                   batches=batches, occlusion=occl, over_splitting=splits_, toy=toy, playground=playground, seconds=time.perf_counter() - t0, meta=meta)
 
@@ -383,23 +422,31 @@ CARRY_MIN = 0.1
 prediction on at least this fraction of prompts; elsewhere every edit agrees trivially."""
 
 
-def edit_targets(result: Result) -> pd.DataFrame:
+def edit_targets(result: Result, *, whole_circuit: bool = False) -> pd.DataFrame:
     """Issue 5's control target per IO / S cross-section that *carries* its attribute.
 
-    One row per such cross-section: ``section, attribute, changed`` (fraction of top predictions
-    counterfactual patching changes, >= ``CARRY_MIN``), ``accuracy`` (the supervised arithmetic
-    edit's) and ``met`` (``accuracy >= EDIT_ACCURACY_MIN``).
+    One row per such cross-section of ``result.edits`` (or of ``result.whole_circuit``):
+    ``section, attribute, changed`` (fraction of top predictions counterfactual patching changes,
+    >= ``CARRY_MIN``), ``accuracy`` and ``distance`` (the supervised arithmetic edit's),
+    ``same_attributes`` and ``same_attributes_distance`` (accuracy and distance of patching from
+    the counterfactual's attribute values in another context: what the attribute values alone
+    determine; NaN if not measured) and ``met`` (``accuracy >= EDIT_ACCURACY_MIN``).
     """
-    e = result.edits
+    e = result.whole_circuit if whole_circuit else result.edits
     rows = []
     for sec, g in e[e.attribute.isin(["io", "s"])].groupby("section", sort=False):
         changed = 1 - float(g.accuracy[g.method == "none"].iloc[0])
         if changed < CARRY_MIN:
             continue
-        acc = float(g.accuracy[(g.dictionary == "supervised") & (g.method == "arithmetic")].iloc[0])
-        rows.append({"section": sec, "attribute": g.attribute.iloc[0], "changed": changed, "accuracy": acc,
-                     "met": acc >= EDIT_ACCURACY_MIN})
-    return pd.DataFrame(rows, columns=["section", "attribute", "changed", "accuracy", "met"])
+        sup = g[(g.dictionary == "supervised") & (g.method == "arithmetic")].iloc[0]
+        same = g[g.method == "same attributes"]
+        rows.append({"section": sec, "attribute": g.attribute.iloc[0], "changed": changed,
+                     "accuracy": float(sup.accuracy), "distance": float(sup.distance),
+                     "same_attributes": float(same.accuracy.iloc[0]) if len(same) else float("nan"),
+                     "same_attributes_distance": float(same.distance.iloc[0]) if len(same) else float("nan"),
+                     "met": sup.accuracy >= EDIT_ACCURACY_MIN})
+    return pd.DataFrame(rows, columns=["section", "attribute", "changed", "accuracy", "distance", "same_attributes",
+                                       "same_attributes_distance", "met"])
 
 
 def check(result: Result) -> None:
@@ -409,6 +456,11 @@ def check(result: Result) -> None:
     * Some IO and some S cross-section carry their attribute (patching changes >= 10 % of top
       predictions), and the supervised arithmetic edits reach edit accuracy >= 0.9 at every such
       cross-section (:func:`edit_targets`).
+    * On the whole circuit (``result.whole_circuit``) a carrying cross-section may miss that target;
+      the notebook explains such a miss as an interaction of attributes that additive codes cannot
+      express. Where it happens, that explanation is checked: patching from the counterfactual's
+      attribute values in another context does reach the target, and lands closer to the
+      counterfactual activation than the edit.
     * Every SAE variant is scored on the same axes: finite sufficiency / necessity at every node
       set, and edits of both methods at every cross-section.
     * The occlusion toy collapses: where B dominates (smallest alpha/beta) B has a latent with
@@ -426,6 +478,11 @@ def check(result: Result) -> None:
     for r in targets[~targets.met].itertuples():
         raise AssertionError(f"{r.section}: supervised edit accuracy {r.accuracy:.3f} < {EDIT_ACCURACY_MIN} "
                              f"(patching changes {r.changed:.2f} of predictions)")
+    for r in edit_targets(result, whole_circuit=True).query("not met").itertuples():
+        assert r.same_attributes >= EDIT_ACCURACY_MIN and r.same_attributes_distance < r.distance, (
+            f"whole circuit, {r.section}: the edit misses ({r.accuracy:.3f}) and so does patching from the same "
+            f"attribute values in another context ({r.same_attributes:.3f}, distance {r.same_attributes_distance:.3f} "
+            f"vs the edit's {r.distance:.3f}): the attribute values do not determine the behaviour here")
     e = result.edits
     variants = list(result.saes)
     for v in variants:

@@ -42,6 +42,7 @@ __all__ = [
     "abc_spec",
     "makelov_name_splits",
     "counterfactual",
+    "resample_context",
     "render",
     "logit_diff",
     "logit_diff_from_resid",
@@ -225,6 +226,27 @@ def counterfactual(
         same = spec["s1"] == spec["s"]
         out["s"] = new
         out.loc[same, "s1"] = new[same.to_numpy()]
+    return out
+
+
+CONTEXT_COLUMNS = ("template", "place", "object")
+"""What a prompt says besides its attributes (names and pattern)."""
+
+
+def resample_context(spec: pd.DataFrame, *, seed: int) -> pd.DataFrame:
+    """Return a copy of ``spec`` with the same attributes in another context.
+
+    Names (``io``, ``s``, ``s1``) and the pattern stay; template, place and object are drawn from
+    another prompt of ``spec`` (one random permutation of the rows, so the contexts keep their
+    distribution). Patching a node from these prompts shows how far the attribute values alone
+    determine what the node passes on (:func:`saetools.dictionaries.edit_cross_section`).
+    """
+    if len(spec) < 2:
+        raise ValueError("resample_context needs at least 2 prompts to draw contexts from")
+    perm = np.random.default_rng(seed).permutation(len(spec))
+    out = spec.copy()
+    for c in CONTEXT_COLUMNS:
+        out[c] = spec[c].to_numpy()[perm]
     return out
 
 
