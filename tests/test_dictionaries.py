@@ -23,6 +23,7 @@ from saetools.dictionaries import (
     mean_max_cosine,
     sae_edit_aware,
     sae_edit_greedy,
+    shared_residual,
 )
 from saetools.dictionaries.control import supervised_weight
 from saetools.dictionaries.nodes import Node
@@ -352,3 +353,27 @@ def test_experiment_falls_back_to_independent_codes_when_coupled_ones_miss_an_ed
     assert table.chosen.iloc[0] == "independent"
     assert not bool(table.covered_coupled.iloc[0]) and bool(table.covered_independent.iloc[0])
     assert chosen[node].groups == fit_supervised(x_train, train, node=node).groups
+
+
+def test_shared_residual_finds_a_planted_io_by_s_interaction():
+    """Additive codes plus a planted IO x S term: independent codes leave exactly that term, which a
+    twin with the same names keeps and a twin with another IO or another S loses."""
+    spec = factorial_spec(reps=4)
+    x, _ = planted(spec, seed=1)
+    g = torch.Generator().manual_seed(7)
+    pair = {(a, b): torch.randn(12, generator=g) for a in NAMES for b in NAMES}
+    inter = lambda sp: torch.stack([pair[(r.io, r.s)] for r in sp.itertuples()])  # noqa: E731
+    d = fit_supervised(x + inter(spec), spec)
+    same = spec.assign(template="another template", place="z")  # same names and order, another context
+    other_io, other_s = counterfactual_spec(spec, "io"), counterfactual_spec(spec, "s")
+    x_of = lambda sp: planted(sp, seed=1)[0] + inter(sp)  # noqa: E731
+    naive = []
+    for twin in (same, other_io, other_s):
+        r = x_of(spec) - d.reconstruct(spec)
+        rt = x_of(twin) - d.reconstruct(twin)
+        naive.append(1 - float(((r - rt) ** 2).sum(1).mean() / ((r**2).sum(1).mean() + (rt**2).sum(1).mean())))
+        assert shared_residual(d, x_of(spec), spec, x_of(twin), twin) == pytest.approx(naive[-1], abs=1e-5)
+    assert naive[0] == pytest.approx(1.0)  # the same names leave the same residual
+    assert naive[1] < 0.3 and naive[2] < 0.3  # another IO or another S: a different pair, an unrelated residual
+    with pytest.raises(ValueError, match="one twin per prompt"):
+        shared_residual(d, x_of(spec), spec, x_of(spec)[:3], spec[:3])

@@ -4,14 +4,15 @@
   cross-sections from a circuit;
 * :mod:`~saetools.dictionaries.supervised` -- supervised dictionaries (mean codes, least squares;
   independent / coupled) with an SAE-like interface, and :class:`SAEDictionary` for SAEs;
-* :mod:`~saetools.dictionaries.approximation` -- sufficiency, necessity, LD recovered;
+* :mod:`~saetools.dictionaries.approximation` -- sufficiency, necessity, LD recovered, and what a
+  dictionary's residual follows (:func:`shared_residual`);
 * :mod:`~saetools.dictionaries.control` -- supervised and SAE edits, edit accuracy, weight removed;
 * :mod:`~saetools.dictionaries.interpretability` -- precision / recall / F1 of latents, grouped
   F1, mean-max cosine;
 * :mod:`~saetools.dictionaries.ioi_saes` -- SAEs trained per node with the paper's schedule.
 """
 
-from saetools.dictionaries.approximation import Approximation, approximation, ld_recovered
+from saetools.dictionaries.approximation import Approximation, approximation, ld_recovered, shared_residual
 from saetools.dictionaries.control import (
     agreement_score,
     edit_accuracy,
@@ -47,6 +48,6 @@ __all__ = [
     "Approximation", "CrossSection", "F1Table", "IOISAEConfig", "Node", "NodeRunner", "SAEDictionary", "SupervisedDictionary",
     "agreement_score", "approximation", "attribute_values", "circuit_nodes", "cross_sections", "edit_accuracy",
     "edit_cross_section", "f1_scores", "fit_supervised", "grouped_f1", "latent_weights", "ld_recovered",
-    "mean_max_cosine", "node_acts", "run_with_nodes", "sae_edit_aware", "sae_edit_greedy",
+    "mean_max_cosine", "node_acts", "run_with_nodes", "sae_edit_aware", "sae_edit_greedy", "shared_residual",
     "train_node_sae", "train_node_saes", "webtext_attention_saes",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -30,7 +31,7 @@ from saetools.dictionaries.nodes import Node, NodeRunner, node_acts
 from saetools.dictionaries.supervised import SAEDictionary, SupervisedDictionary
 from saetools.tasks import ioi
 
-__all__ = ["Approximation", "approximation", "ld_recovered", "mean_logit_diff", "reconstruction"]
+__all__ = ["Approximation", "approximation", "ld_recovered", "mean_logit_diff", "reconstruction", "shared_residual"]
 
 
 def _ld(end: Tensor, batch: ioi.IOIBatch) -> float:
@@ -49,6 +50,28 @@ def reconstruction(dictionary, x: Tensor, batch: ioi.IOIBatch) -> Tensor:
     if isinstance(dictionary, SupervisedDictionary):
         return dictionary.reconstruct(batch.spec)
     return dictionary.decode(dictionary.encode(x, batch.spec))
+
+
+def shared_residual(dictionary, x: Tensor, spec: pd.DataFrame, x_twin: Tensor, twin_spec: pd.DataFrame) -> float:
+    """How much of a dictionary's residual ``r = a - a_hat`` a twin prompt shares.
+
+    ``1 - E||r - r'||^2 / (E||r||^2 + E||r'||^2)`` with ``r`` the residual of the node vectors
+    ``x`` of the prompts ``spec`` and ``r'`` that of their twins (one per prompt, e.g. from
+    :func:`saetools.tasks.ioi.counterfactual` or :func:`~saetools.tasks.ioi.resample_context`):
+    1 when each twin leaves the same residual, about 0 when the two are unrelated (below 0 when
+    they are anti-correlated, as centred interaction terms over a few values are). What the twin
+    keeps and what it changes says what the residual follows: kept by a twin with the same
+    attribute values in another context but lost when only IO (or only S) changes, it is a
+    function of the names that the codes do not express -- an interaction between IO and S for
+    additive or (name, Pos)-coupled codes.
+    """
+    if len(x) != len(spec) or len(x_twin) != len(twin_spec) or len(x) != len(x_twin):
+        raise ValueError(f"got {len(x)} / {len(spec)} vectors / prompts and {len(x_twin)} / {len(twin_spec)} twins: "
+                         "pass one vector per prompt and one twin per prompt")
+    r = x - dictionary.decode(dictionary.encode(x, spec))
+    r_twin = x_twin - dictionary.decode(dictionary.encode(x_twin, twin_spec))
+    norms = r.pow(2).sum(-1).mean() + r_twin.pow(2).sum(-1).mean()
+    return float(1 - (r - r_twin).pow(2).sum(-1).mean() / norms.clamp_min(1e-12))
 
 
 def _in_flight(dictionary, batch: ioi.IOIBatch, x: Tensor, *, remove_mean_part: bool):

@@ -55,6 +55,7 @@ from saetools.dictionaries import (
     ld_recovered,
     mean_max_cosine,
     node_acts,
+    shared_residual,
 )
 from saetools.dictionaries.ioi_saes import IOISAEConfig, train_node_saes
 from saetools.experiments.makelov_figures import (
@@ -153,6 +154,12 @@ class Result:
     every role, even where ``max_heads_per_role`` keeps fewer for the SAEs): the rows of
     :func:`edit_cross_section` for the arithmetic edit and the references, with the node set's
     ``nodes`` and supervised ``sufficiency``."""
+    residuals: pd.DataFrame
+    """What the supervised dictionaries miss, per node of the whole circuit: ``node, parametrization,
+    residual`` (fraction of held-out variance unexplained) and the share of that residual kept by
+    a twin prompt (:func:`~saetools.dictionaries.shared_residual`): ``shared_same_attributes``
+    (same names and order, another context), ``shared_io`` / ``shared_s`` / ``shared_pos`` (only
+    that attribute changed)."""
     f1: pd.DataFrame
     """Best-latent F1 per ``variant, node, attribute, value`` (with that latent's precision, recall)."""
     grouped: pd.DataFrame
@@ -299,6 +306,20 @@ def _whole_circuit(model, clean, batches, sections, acts, context_acts, supervis
     return pd.concat(frames, ignore_index=True)
 
 
+def _residuals(supervised, choice, batches, acts, clean_twin, twin_acts) -> pd.DataFrame:
+    """Per node: the supervised residual and how much of it each kind of twin prompt keeps."""
+    clean, rows = batches["clean"], []
+    chosen = dict(zip(choice.node, choice.chosen))
+    for n, d in supervised.items():
+        x = acts["clean"][n]
+        row = {"node": n.label, "parametrization": chosen[n.label], "residual": 1 - d.variance_explained(x, clean.spec),
+               "shared_same_attributes": shared_residual(d, x, clean.spec, twin_acts[n], clean_twin.spec)}
+        for attr in ioi.ATTRIBUTES:
+            row[f"shared_{attr}"] = shared_residual(d, x, clean.spec, acts[attr][n], batches[attr].spec)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 @torch.no_grad()
 def _playground(model, batches, supervised, saes, tables, cfg, names) -> pd.DataFrame:
     """END logits of every edit on a few prompts, for the edit playground widget."""
@@ -358,6 +379,8 @@ def run(model, cfg: Config) -> Result:
         batches[attr] = ioi.render(model, spec, equal_length=True)
         contexts[attr] = ioi.render(model, ioi.resample_context(spec, seed=cfg.seed + 3), equal_length=True)
     all_acts = {k: node_acts(model, b, all_nodes) for k, b in batches.items()}
+    clean_twin = ioi.render(model, ioi.resample_context(clean.spec, seed=cfg.seed + 4), equal_length=True)
+    twin_acts = node_acts(model, clean_twin, all_nodes)
     context_acts = {k: node_acts(model, b, all_nodes) for k, b in contexts.items()}
     acts = {k: {n: a[n] for n in nodes} for k, a in all_acts.items()}
     all_supervised, all_choice = _supervised(all_train_acts, train.spec, all_acts["clean"], clean.spec,
@@ -398,6 +421,7 @@ def run(model, cfg: Config) -> Result:
                            context_acts=context_acts[s.attribute])
         for s in sections], ignore_index=True)
     whole_edits = _whole_circuit(model, clean, batches, whole, all_acts, context_acts, all_supervised, clean_ld, runner)
+    residuals = _residuals(all_supervised, all_choice, batches, all_acts, clean_twin, twin_acts)
     occl, splits_ = _occlusion(model, clean, batches, acts, variants["supervised independent"], saes, tables,
                                cfg, runner)
     toy = toy_occlusion_sweep(cfg.toy, progress=False)
@@ -406,7 +430,7 @@ def run(model, cfg: Config) -> Result:
             "clean_logit_diff": clean_ld, "attribute_patching": patched, "parametrization": choice,
             "whole_circuit": whole_circuit, "whole_parametrization": all_choice, "skipped": skipped}
     return Result(config=cfg, circuit=circuit, sections=sections, approximation=approx, edits=edits,
-                  whole_circuit=whole_edits, f1=f1,
+                  whole_circuit=whole_edits, residuals=residuals, f1=f1,
                   grouped=grouped, cosine=cosine, supervised=supervised, saes=saes, f1_tables=tables, eval_acts=acts,
                   batches=batches, occlusion=occl, over_splitting=splits_, toy=toy, playground=playground, seconds=time.perf_counter() - t0, meta=meta)
 
@@ -459,8 +483,10 @@ def check(result: Result) -> None:
     * On the whole circuit (``result.whole_circuit``) a carrying cross-section may miss that target;
       the notebook explains such a miss as an interaction of attributes that additive codes cannot
       express. Where it happens, that explanation is checked: patching from the counterfactual's
-      attribute values in another context does reach the target, and lands closer to the
-      counterfactual activation than the edit.
+      attribute values in another context does reach the target and lands closer to the
+      counterfactual activation than the edit, and at the section's nodes the dictionaries'
+      residual is kept by a same-attribute twin more than by a twin with another IO or another S
+      (``result.residuals``).
     * Every SAE variant is scored on the same axes: finite sufficiency / necessity at every node
       set, and edits of both methods at every cross-section.
     * The occlusion toy collapses: where B dominates (smallest alpha/beta) B has a latent with
@@ -483,6 +509,12 @@ def check(result: Result) -> None:
             f"whole circuit, {r.section}: the edit misses ({r.accuracy:.3f}) and so does patching from the same "
             f"attribute values in another context ({r.same_attributes:.3f}, distance {r.same_attributes_distance:.3f} "
             f"vs the edit's {r.distance:.3f}): the attribute values do not determine the behaviour here")
+        labels = result.whole_circuit.nodes[result.whole_circuit.section == r.section].iloc[0].split(", ")
+        res = result.residuals.set_index("node").loc[labels].mean(numeric_only=True)
+        assert res.shared_same_attributes > max(res.shared_io, res.shared_s), (
+            f"whole circuit, {r.section}: the supervised residual is not a function of the names "
+            f"(shared with a same-attribute twin {res.shared_same_attributes:.3f}, with another IO {res.shared_io:.3f}, "
+            f"with another S {res.shared_s:.3f})")
     e = result.edits
     variants = list(result.saes)
     for v in variants:
