@@ -362,11 +362,11 @@ def test_shared_residual_finds_a_planted_io_by_s_interaction():
     x, _ = planted(spec, seed=1)
     g = torch.Generator().manual_seed(7)
     pair = {(a, b): torch.randn(12, generator=g) for a in NAMES for b in NAMES}
-    inter = lambda sp: torch.stack([pair[(r.io, r.s)] for r in sp.itertuples()])  # noqa: E731
+    inter = lambda sp: torch.stack([pair[(r.io, r.s)] for r in sp.itertuples()])
     d = fit_supervised(x + inter(spec), spec)
     same = spec.assign(template="another template", place="z")  # same names and order, another context
     other_io, other_s = counterfactual_spec(spec, "io"), counterfactual_spec(spec, "s")
-    x_of = lambda sp: planted(sp, seed=1)[0] + inter(sp)  # noqa: E731
+    x_of = lambda sp: planted(sp, seed=1)[0] + inter(sp)
     naive = []
     for twin in (same, other_io, other_s):
         r = x_of(spec) - d.reconstruct(spec)
