@@ -20,10 +20,10 @@ To change attribute ``a`` of prompt ``p`` from ``v`` to ``v'``:
    of an edit is ``||a_edit - a(p')|| / ||a(p) - a(p')||`` over the cross-section's nodes
    (median over prompts): 0 is the counterfactual activation, 1 as far as the clean one.
    A second reference shows how far the attribute values alone decide what the nodes pass on:
-   patch from a prompt with the counterfactual's attribute values in *another context* (template, place, object;
-   :func:`saetools.tasks.ioi.resample_context`). Where that agrees with patching but an edit
-   does not, the edit misses something the attribute values determine -- an interaction
-   between attributes, for additive codes.
+   patch from a prompt with the counterfactual's attribute values in *another context*
+   (template, place, object; :func:`saetools.tasks.ioi.resample_context`). Where that agrees
+   with patching but an edit does not, the edit misses something the attribute values
+   determine -- an interaction between attributes, for additive codes.
 5. **Edit magnitude, "weight removed"**: for ``x_hat = sum_j f_j d_j + b_dec`` the weight of
    latent ``j`` is ``w_j = f_j <d_j, x_hat - b_dec> / ||x_hat - b_dec||^2`` (the weights of
    the active latents sum to 1); an edit's magnitude is the summed weight of the latents it
