@@ -353,6 +353,10 @@ def test_experiment_falls_back_to_independent_codes_when_coupled_ones_miss_an_ed
     assert table.chosen.iloc[0] == "independent"
     assert not bool(table.covered_coupled.iloc[0]) and bool(table.covered_independent.iloc[0])
     assert chosen[node].groups == fit_supervised(x_train, train, node=node).groups
+    no_eve = train[(train.io != "Eve") & (train.s != "Eve")]  # a name the evaluation uses, never fitted
+    with pytest.raises(ValueError, match="raise Config.n_train"):
+        _supervised({node: x_train[torch.tensor(no_eve.index.to_numpy())]}, no_eve.reset_index(drop=True),
+                    {node: x_train}, train)
 
 
 def test_shared_residual_finds_a_planted_io_by_s_interaction():

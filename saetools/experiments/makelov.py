@@ -229,7 +229,8 @@ def _supervised(train_acts, train_spec, eval_acts, eval_spec, edit_specs=()):
     A parametrization is eligible only if its fit has seen every value the evaluation uses: those
     of the held-out prompts and of their counterfactuals (``edit_specs``). With many names and
     few training prompts some joint ``(name, Pos)`` values of the coupled tables are missing, and
-    the independent parametrization is used there (``covered`` is False in the table).
+    the independent parametrization is used there (``covered`` is False in the table); where even
+    a single name is missing, a ValueError says how to fix the configuration.
     """
     chosen, rows = {}, []
     for n, a in train_acts.items():
@@ -241,8 +242,11 @@ def _supervised(train_acts, train_spec, eval_acts, eval_spec, edit_specs=()):
                     d.encode(None, spec)
                 covered[p] = True
                 ve[p] = d.variance_explained(eval_acts[n], eval_spec)
-            except ValueError:  # a value of the held-out or counterfactual prompts never seen in training
-                covered[p], ve[p] = False, float("-inf")
+            except ValueError as err:  # a value of the held-out or counterfactual prompts never seen in training
+                covered[p], ve[p], missing = False, float("-inf"), err
+        if not any(covered.values()):
+            raise ValueError(f"{n.label}: the {len(train_spec)} training prompts miss a value that the evaluation "
+                             f"uses ({missing}); raise Config.n_train or lower Config.n_names")
         best = max(ve, key=ve.get)
         chosen[n] = fits[best]
         rows.append({"node": n.label, "chosen": best, **{f"ve_{p}": v for p, v in ve.items()},
