@@ -35,17 +35,22 @@ def random_standard_sae(*, d_in: int = 32, hook: str = "blocks.1.hook_resid_pre"
     return sae
 
 
-@pytest.fixture
-def random_model():
-    """A 2-layer random model with the bundled tokenizer (seeded, no download)."""
+def random_model_with_bundled_tokenizer(**overrides):
+    """A seeded random model (``tiny_random_config(**overrides)``) with the bundled tokenizer."""
     from saetools.models.loading import bundled_model_dir
     from saetools.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(bundled_model_dir("tiny-ioi"))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = build_model(tiny_random_config(d_vocab=len(tok)), tok)
+        model = build_model(tiny_random_config(**{"d_vocab": len(tok), **overrides}), tok)
     return model.eval()
+
+
+@pytest.fixture
+def random_model():
+    """A 2-layer random model with the bundled tokenizer (seeded, no download)."""
+    return random_model_with_bundled_tokenizer()
 
 
 @pytest.fixture(scope="session")

@@ -8,24 +8,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import torch
 
 from saetools import circuits
 from saetools.diagnostics.occlusion import ToyOcclusionConfig
 from saetools.dictionaries import IOISAEConfig, cross_sections
 from saetools.experiments import makelov
-from saetools.models.loading import build_model, bundled_model_dir
-from saetools.models.tokenizer import load_tokenizer
-from tests.conftest import tiny_random_config
+from tests.conftest import random_model_with_bundled_tokenizer
 
 
 @pytest.mark.slow
 def test_full_profile_runs_on_a_gpt2_head_layout():
-    tok = load_tokenizer(bundled_model_dir("tiny-ioi"))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(tiny_random_config(n_layers=12, n_heads=12, d_head=4, d_model=48, d_mlp=96,
-                                               d_vocab=len(tok)), tok).eval()
+    model = random_model_with_bundled_tokenizer(n_layers=12, n_heads=12, d_head=4, d_model=48, d_mlp=96)
     cfg = replace(makelov.Config.profile("full"), n_names=16, n_train=400, n_eval=8,
                   saes=IOISAEConfig(epochs=1, batch_size=64, expansion=1), ns_aware=(1,), ns_greedy=(2,),
                   toy=ToyOcclusionConfig(ratios=(0.5, 2.0), n_train=256, n_eval=128, epochs=1), n_playground=2)
@@ -36,6 +29,10 @@ def test_full_profile_runs_on_a_gpt2_head_layout():
     assert {"L9H9.z@END", "L9H9.q@END", "L10H7.z@END"} <= nodes
     assert set(r.residuals.node) == nodes and set(r.meta["nodes"]) == nodes
     assert list(r.whole_circuit.section.unique()) == [s.name for s in sections]
+    sup = r.approximation[r.approximation.dictionary == "supervised"].set_index("nodes").sufficiency
+    for name, g in r.whole_circuit.groupby("section"):  # every section is SAE-scored here: rows reused
+        assert sorted(g.method) == ["arithmetic", "none", "patch", "same attributes"], name
+        assert (g.sufficiency == sup[g.nodes.iloc[0]]).all(), name
     for name, g in r.edits.groupby("section"):
         assert {"none", "patch", "supervised", *IOISAEConfig().variants} <= set(g.dictionary), name
         assert set(g.method[g.dictionary == "patch"]) == {"patch", "same attributes"}, name

@@ -47,9 +47,12 @@ def mean_logit_diff(model, batch: ioi.IOIBatch, replacements: Mapping[Node, obje
 
 def reconstruction(dictionary, x: Tensor, batch: ioi.IOIBatch) -> Tensor:
     """A dictionary's reconstruction of the node vectors ``x`` of ``batch``'s prompts."""
-    if isinstance(dictionary, SupervisedDictionary):
-        return dictionary.reconstruct(batch.spec)
-    return dictionary.decode(dictionary.encode(x, batch.spec))
+    return _reconstruct(dictionary, x, batch.spec)
+
+
+def _reconstruct(dictionary, x: Tensor, spec: pd.DataFrame) -> Tensor:
+    # one path for both kinds: supervised codes read ``spec`` (and ignore ``x``), SAEs read ``x``
+    return dictionary.decode(dictionary.encode(x, spec))
 
 
 def shared_residual(dictionary, x: Tensor, spec: pd.DataFrame, x_twin: Tensor, twin_spec: pd.DataFrame) -> float:
@@ -68,8 +71,8 @@ def shared_residual(dictionary, x: Tensor, spec: pd.DataFrame, x_twin: Tensor, t
     if len(x) != len(spec) or len(x_twin) != len(twin_spec) or len(x) != len(x_twin):
         raise ValueError(f"got {len(x)} / {len(spec)} vectors / prompts and {len(x_twin)} / {len(twin_spec)} twins: "
                          "pass one vector per prompt and one twin per prompt")
-    r = x - dictionary.decode(dictionary.encode(x, spec))
-    r_twin = x_twin - dictionary.decode(dictionary.encode(x_twin, twin_spec))
+    r = x - _reconstruct(dictionary, x, spec)
+    r_twin = x_twin - _reconstruct(dictionary, x_twin, twin_spec)
     norms = r.pow(2).sum(-1).mean() + r_twin.pow(2).sum(-1).mean()
     return float(1 - (r - r_twin).pow(2).sum(-1).mean() / norms.clamp_min(1e-12))
 

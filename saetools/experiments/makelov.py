@@ -304,26 +304,38 @@ def _occlusion(model, clean, batches, acts, independent, saes, tables, cfg, runn
     return pd.concat(frames, ignore_index=True), splits_
 
 
-def _whole_circuit(model, clean, batches, sections, acts, context_acts, supervised, clean_ld, runner) -> pd.DataFrame:
-    """Supervised sufficiency and arithmetic edits (with both patching references) per cross-section."""
+def _whole_circuit(model, clean, batches, sections, acts, context_acts, supervised, clean_ld, runner, *,
+                   scored: list[CrossSection], edits: pd.DataFrame, approx: pd.DataFrame) -> pd.DataFrame:
+    """Supervised sufficiency and arithmetic edits (with both patching references) per cross-section.
+
+    Cross-sections already in ``scored`` (all of them when ``max_heads_per_role`` is None) take
+    their rows from ``edits`` and ``approx`` instead of running again.
+    """
     frames = []
     for s in sections:
-        a = approximation(model, clean, {n: supervised[n] for n in s.nodes}, acts=acts["clean"], clean_ld=clean_ld,
-                          runner=runner)
-        e = edit_cross_section(model, clean, batches[s.attribute], s, acts=acts["clean"], cf_acts=acts[s.attribute],
-                               supervised=supervised, supervised_methods=("arithmetic",), runner=runner,
-                               context_acts=context_acts[s.attribute])
-        frames.append(e.assign(nodes=", ".join(n.label for n in s.nodes), sufficiency=a.sufficiency))
+        nodes = ", ".join(n.label for n in s.nodes)
+        if s in scored:
+            e = edits[(edits.section == s.name) & edits.method.isin(["none", "patch", "same attributes", "arithmetic"])]
+            suff = float(approx.sufficiency[(approx.nodes == nodes) & (approx.dictionary == "supervised")].iloc[0])
+        else:
+            suff = approximation(model, clean, {n: supervised[n] for n in s.nodes}, acts=acts["clean"],
+                                 clean_ld=clean_ld, runner=runner).sufficiency
+            e = edit_cross_section(model, clean, batches[s.attribute], s, acts=acts["clean"],
+                                   cf_acts=acts[s.attribute], supervised=supervised, supervised_methods=("arithmetic",),
+                                   runner=runner, context_acts=context_acts[s.attribute])
+        frames.append(e.assign(nodes=nodes, sufficiency=suff))
     return pd.concat(frames, ignore_index=True)
 
 
 def _residuals(supervised, choice, batches, acts, clean_twin, twin_acts) -> pd.DataFrame:
     """Per node: the supervised residual and how much of it each kind of twin prompt keeps."""
     clean, rows = batches["clean"], []
+    # the held-out variance explained by the chosen parametrization is already in the choice table
+    ve = {r.node: getattr(r, f"ve_{r.chosen}") for r in choice.itertuples()}
     chosen = dict(zip(choice.node, choice.chosen))
     for n, d in supervised.items():
         x = acts["clean"][n]
-        row = {"node": n.label, "parametrization": chosen[n.label], "residual": 1 - d.variance_explained(x, clean.spec),
+        row = {"node": n.label, "parametrization": chosen[n.label], "residual": 1 - ve[n.label],
                "shared_same_attributes": shared_residual(d, x, clean.spec, twin_acts[n], clean_twin.spec)}
         for attr in ioi.ATTRIBUTES:
             row[f"shared_{attr}"] = shared_residual(d, x, clean.spec, acts[attr][n], batches[attr].spec)
@@ -431,7 +443,8 @@ def run(model, cfg: Config) -> Result:
                            ns_aware=cfg.ns_aware, ns_greedy=cfg.ns_greedy, runner=runner,
                            context_acts=context_acts[s.attribute])
         for s in sections], ignore_index=True)
-    whole_edits = _whole_circuit(model, clean, batches, whole, all_acts, context_acts, all_supervised, clean_ld, runner)
+    whole_edits = _whole_circuit(model, clean, batches, whole, all_acts, context_acts, all_supervised, clean_ld, runner,
+                                 scored=sections, edits=edits, approx=approx)
     residuals = _residuals(all_supervised, all_choice, batches, all_acts, clean_twin, twin_acts)
     occl, splits_ = _occlusion(model, clean, batches, acts, variants["supervised independent"], saes, tables,
                                cfg, runner)
