@@ -229,7 +229,7 @@ def effective_decoder(sae, *, atol: float = 1e-4) -> tuple[Float[Tensor, "d_sae 
 
     Raises:
         ValueError: ``decode`` is not affine (e.g. ``normalize_activations="layer_norm"``, whose
-            output scale depends on the input), checked on a random sparse code to ``atol``
+            output scale depends on the input), checked on random sparse codes to ``atol``
             relative to the output norm.
     """
     h = sae.cfg.d_sae
@@ -242,7 +242,10 @@ def effective_decoder(sae, *, atol: float = 1e-4) -> tuple[Float[Tensor, "d_sae 
         rows.append(sae.decode(eye).reshape(eye.shape[0], -1) - b)
     D = torch.cat(rows)
     gen = torch.Generator().manual_seed(0)
-    f = torch.rand(4, h, generator=gen).to(zero) * (torch.rand(4, h, generator=gen) < 0.05).to(zero)
+    # 5 % of the latents active per probe code, and at least 2: a small d_sae must not get a zero
+    # code, on which every decode looks affine
+    active = torch.rand(4, h, generator=gen).topk(min(h, max(2, round(0.05 * h))), dim=1).indices
+    f = torch.zeros(4, h).scatter_(1, active, torch.rand(4, h, generator=gen)).to(zero)
     want = sae.decode(f).reshape(4, -1)
     err = (want - (f @ D + b)).norm() / want.norm().clamp(min=1e-12)
     if err > atol:

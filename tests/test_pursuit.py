@@ -99,8 +99,9 @@ def test_effective_decoder_reproduces_decode():
     assert not torch.allclose(D, sae.W_dec, atol=1e-3)
 
 
-def test_effective_decoder_rejects_a_nonaffine_decode():
-    W = torch.randn(8, 4)
+@pytest.mark.parametrize("seed", range(20))
+def test_effective_decoder_rejects_a_nonaffine_decode(seed):
+    W = torch.randn(8, 4, generator=torch.Generator().manual_seed(seed))
     fake = SimpleNamespace(cfg=SimpleNamespace(d_sae=8), W_dec=W, decode=lambda f: torch.relu(f @ W - 0.5))
     with pytest.raises(ValueError, match="not affine"):
         effective_decoder(fake)
