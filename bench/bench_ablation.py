@@ -1,6 +1,6 @@
 """Head-ablation sweep: runs that start at the ablated head's layer vs whole-model runs, same run.
 
-``saetools.ablation.head_ablation_sweep`` caches the clean residual stream once and starts each
+``saetools.circuits.ablation.head_ablation_sweep`` caches the clean residual stream once and starts each
 single-head ablation at that head's layer (the layers before it are unchanged); the baseline
 reruns the whole model per head (``head_ablated_logit_diff``), as the sweep did before. Both use
 the same mean-ablation values; the per-head logit differences are compared before the times
@@ -16,7 +16,7 @@ import argparse
 import time
 
 import saetools
-from saetools import ablation
+from saetools.circuits import ablation
 from saetools.data import heldout_names, heldout_templates
 from saetools.tasks import ioi
 

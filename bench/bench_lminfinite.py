@@ -4,7 +4,7 @@ LM-Infinite path (Han et al. 2023; saetools.lminfinite.lean_attention). Prints r
     python bench/bench_lminfinite.py [--lengths 512 1024 2048 4096] [--model tiny-rotary]
 
 Peak memory is the high-water mark of CPU tensor bytes allocated during the forward pass, from
-the PyTorch profiler's allocator events (saetools.lminfinite_eval.peak_cpu_bytes).
+the PyTorch profiler's allocator events (saetools.lminfinite.evaluation.peak_cpu_bytes).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from saetools.lminfinite import LMInfiniteConfig
-from saetools.lminfinite_eval import time_and_memory
+from saetools.lminfinite.evaluation import time_and_memory
 from saetools.models.loading import load_model
 
 

@@ -1,9 +1,9 @@
 """Benchmark: the full per-head patching sweep over 500 IOI prompts, vectorised vs per prompt.
 
-Both sides compute the same table (``saetools.patching.patch_heads``, denoising ``hook_z`` of
+Both sides compute the same table (``saetools.circuits.patching.patch_heads``, denoising ``hook_z`` of
 every head at every position); the baseline calls it once per prompt -- the loop a user would
 write -- the vectorised version once for the whole batch. Both go through the same code (the
-incremental path of ``saetools.incremental`` where the model supports it), so the ratio
+incremental path of ``saetools.circuits.incremental`` where the model supports it), so the ratio
 measures batching alone. Prints wall and CPU time of both sides, the ratio (target >= 20x) and
 the matrix-product FLOPs of each side (``torch.utils.flop_counter``, counted in extra untimed
 runs; the per-prompt side is extrapolated from its first ``--flop-sample`` prompts).
@@ -24,7 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from saetools import incremental, load_model, patching
+from saetools import load_model
+from saetools.circuits import incremental, patching
 from saetools.data import load_words
 from saetools.tasks import ioi
 

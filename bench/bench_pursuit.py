@@ -17,9 +17,14 @@ import time
 import torch
 
 import saetools
+from saetools.activations import collect_activations
 from saetools.diagnostics.dark_matter import position_mask
-from saetools.pursuit import effective_decoder, gradient_pursuit, gradient_pursuit_reference
-from saetools.training import collect_activations, corpus_tokens
+from saetools.diagnostics.dark_matter.pursuit import (
+    effective_decoder,
+    gradient_pursuit,
+    gradient_pursuit_reference,
+)
+from saetools.models.text import corpus_tokens
 
 
 def timed(fn):

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saetools.splice import splice
+from saetools.splicing import splice
 
 __all__ = [
     "METRIC_COLUMNS",
     "evaluate_saes",
     "explained_variance",
     "firing_frequency",
+    "flat_hook_z",
     "gamma_proj",
     "gamma_saelens",
     "kl_div",
@@ -130,8 +131,9 @@ def _ignore_ids(model, ignore_tokens) -> list[int]:
 
 
 @contextmanager
-def _flat_hook_z(sae):
-    """sae-lens SAEs on ``hook_z`` reshape heads themselves; evaluate them on flattened input."""
+def flat_hook_z(sae):
+    """Within this scope an SAE on ``hook_z`` takes flattened ``[..., n_heads * d_head]`` input
+    (sae-lens SAEs on ``hook_z`` otherwise reshape heads themselves); restored on exit."""
     prev = getattr(sae, "hook_z_reshaping_mode", False)
     if prev:
         sae.turn_off_forward_pass_hook_z_reshaping()
@@ -269,7 +271,7 @@ def evaluate_saes(
             acc, hook = accs[key], sae.cfg.metadata.hook_name
             x = cache[hook][keep]
             x = x.flatten(-2) if x.ndim == 3 else x
-            with _flat_hook_z(sae):
+            with flat_hook_z(sae):
                 f = sae.encode(x.to(sae.device))
                 acc.update(x, sae.decode(f).to(x), f.to_dense() if f.is_sparse else f)
             with splice(model, sae, exclude_special_tokens=ignore or False):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "HookNameError",
+    "check_heads",
     "check_hook_names",
     "attached_hook_count",
     "scoped_hooks",
@@ -31,6 +32,14 @@ class HookNameError(KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+def check_heads(model, heads: Sequence[tuple[int, int]]) -> None:
+    """Raise ``ValueError`` naming every ``(layer, head)`` the model does not have."""
+    bad = [(l, h) for l, h in heads if not (0 <= l < model.cfg.n_layers and 0 <= h < model.cfg.n_heads)]
+    if bad:
+        raise ValueError(f"heads {bad} do not exist: the model has {model.cfg.n_layers} layers x "
+                         f"{model.cfg.n_heads} heads (layer and head indices start at 0)")
 
 
 def check_hook_names(model, names: Sequence[str]) -> None:

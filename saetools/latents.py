@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from saetools.splice import latent_hook_name, splice
+from saetools.splicing import latent_hook_name, splice
 
 __all__ = ["Context", "LatentData", "decoder_logit_effects", "gather_latent_data"]
 

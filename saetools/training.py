@@ -1,6 +1,6 @@
-"""Collect activations and train SAEs on them with the sae-lens trainer.
+"""Train SAEs on collected activations with the sae-lens trainer.
 
-:func:`train_sae` hands an :class:`~saetools.store.ActivationStore` (in memory or streamed
+:func:`train_sae` hands an :class:`~saetools.activations.ActivationStore` (in memory or streamed
 from disk) to sae-lens's ``SAETrainer`` as its data provider (a seeded, shuffled stream of
 batches), so every sae-lens training architecture (``standard``, ``gated``, ``jumprelu``,
 ``topk``, ``batchtopk``, ``matryoshka_batchtopk``, and those registered by saetools) trains the
@@ -16,148 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from saetools.hooks import check_hook_names
-from saetools.store import ActivationStore
+from saetools.activations import ActivationStore
 
-__all__ = [
-    "ActivationStore", "DatasetUnavailableError", "activation_batches", "collect_activations",
-    "corpus_tokens", "dataset_tokens", "latest_checkpoint", "train_sae",
-]
+__all__ = ["latest_checkpoint", "train_sae"]
 
 STATE_FILE = "saetools_stream.json"
-
-
-@torch.no_grad()
-def collect_activations(
-    model,
-    tokens: Int[Tensor, "batch pos"],
-    hook_name: str,
-    *,
-    batch_size: int = 64,
-    drop_bos: bool = True,
-    mask: Tensor | None = None,
-) -> Float[Tensor, "n d"]:
-    """Activations of ``hook_name`` over ``tokens``, flattened to one row per token.
-
-    Args:
-        model: a TransformerLens model.
-        tokens: token ids ``[batch, pos]``.
-        hook_name: e.g. ``"blocks.2.hook_resid_pre"``; head hooks (``hook_z``) are flattened
-            to ``n_heads * d_head`` as sae-lens's ``reshape_activations="hook_z"`` expects.
-        batch_size: prompts per forward pass.
-        drop_bos: leave out position 0 (BOS activations are outliers).
-        mask: optional boolean ``[batch, pos]`` selecting which tokens to keep.
-    """
-    check_hook_names(model, [hook_name])
-    layer = int(hook_name.split(".")[1]) if hook_name.startswith("blocks.") else None
-    out = []
-    for i in tqdm(range(0, tokens.shape[0], batch_size), desc=f"collect {hook_name}", leave=False):
-        chunk = tokens[i : i + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(
-            chunk, names_filter=hook_name, stop_at_layer=None if layer is None else layer + 1
-        )
-        act = cache[hook_name]
-        if act.ndim == 4:  # [batch, pos, head, d_head]
-            act = act.flatten(-2)
-        keep = torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
-        if drop_bos:
-            keep[:, 0] = False
-        if mask is not None:
-            keep &= mask[i : i + batch_size].to(act.device)
-        out.append(act[keep].float().cpu())
-    return torch.cat(out)
-
-
-def corpus_tokens(model, n_documents: int, *, seed: int) -> tuple[Int[Tensor, "row pos"], Tensor]:
-    """Rows of the bundled corpus (:mod:`saetools.models.corpus`) packed as the model was trained.
-
-    Returns:
-        ``(tokens, keep)``: token rows ``[row, n_ctx]`` and a boolean mask that is False at
-        BOS/padding positions (pass it as ``mask=`` to :func:`collect_activations`).
-    """
-    from saetools.models.corpus import generate_documents
-    from saetools.models.train_tiny import pack_documents
-
-    if model.tokenizer is None:
-        raise ValueError("corpus_tokens needs a model with a tokenizer (e.g. load_model('tiny-ioi'))")
-    bos = model.tokenizer.bos_token_id
-    ids = model.tokenizer(generate_documents(n_documents, seed=seed), add_special_tokens=False)["input_ids"]
-    tokens, _ = pack_documents(ids, n_ctx=model.cfg.n_ctx, bos=bos)
-    return tokens, tokens != bos
-
-
-class DatasetUnavailableError(RuntimeError):
-    """A Hugging Face dataset cannot be loaded (no network and nothing cached)."""
-
-
-def dataset_tokens(
-    model, dataset, *, n_rows: int, context_size: int | None = None, column: str = "text",
-    split: str = "train",
-) -> Int[Tensor, "row pos"]:
-    """Token rows from a Hugging Face text dataset, packed as ``BOS + context_size - 1`` tokens.
-
-    Args:
-        model: a TransformerLens model with a tokenizer.
-        dataset: a dataset name on the hub (streamed; e.g. ``"NeelNanda/pile-10k"``) or a
-            ``datasets.Dataset`` / iterable of rows already in memory.
-        n_rows: rows to return.
-        context_size: row length (default: ``model.cfg.n_ctx``).
-        column: the text column.
-        split: split of a named dataset.
-
-    Raises:
-        DatasetUnavailableError: a named dataset with no network (within seconds; names the
-            offline token sources, :func:`corpus_tokens` and the IOI distributions).
-    """
-    from tqdm.auto import tqdm as _tqdm
-
-    tok = model.tokenizer
-    if tok is None:
-        raise ValueError("dataset_tokens needs a model with a tokenizer")
-    ctx = context_size or model.cfg.n_ctx
-    if isinstance(dataset, str):
-        from saetools.models.loading import hub_reachable
-
-        if not hub_reachable():
-            raise DatasetUnavailableError(
-                f"cannot stream dataset {dataset!r}: the Hugging Face hub is unreachable. Offline, "
-                "use saetools.training.corpus_tokens(model, ...) (the bundled corpus) or an IOI "
-                "distribution (saetools.tasks.ioi)."
-            )
-        from datasets import load_dataset
-
-        dataset = load_dataset(dataset, split=split, streaming=True)
-    need = n_rows * (ctx - 1)
-    stream: list[int] = []
-    bar = _tqdm(total=need, desc="tokenize dataset", leave=False)
-    for row in dataset:
-        ids = tok(row[column], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        stream.extend(ids)
-        bar.update(len(ids))
-        if len(stream) >= need:
-            break
-    bar.close()
-    if len(stream) < need:
-        raise ValueError(f"the dataset holds {len(stream)} tokens; {need} needed for {n_rows} rows of {ctx}")
-    body = torch.tensor(stream[:need], dtype=torch.long).view(n_rows, ctx - 1)
-    return torch.cat([torch.full((n_rows, 1), tok.bos_token_id, dtype=torch.long), body], dim=1)
-
-
-def activation_batches(
-    acts: Float[Tensor, "n d"], batch_size: int, *, seed: int, device: str | torch.device = "cpu"
-) -> Iterator[Tensor]:
-    """Endless stream of shuffled batches, reshuffled each epoch from a seeded generator."""
-    if acts.shape[0] < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} activations, got {acts.shape[0]}")
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        perm = torch.randperm(acts.shape[0], generator=gen)
-        for i in range(0, acts.shape[0] - batch_size + 1, batch_size):
-            yield acts[perm[i : i + batch_size]].to(device)
 
 
 class _CountingProvider:
@@ -207,7 +73,7 @@ def train_sae(
     :mod:`saetools.saes.gated_faithful`). sae-lens shows a progress bar.
 
     Args:
-        acts: training activations ``[n, d_in]``, or an :class:`~saetools.store.ActivationStore`
+        acts: training activations ``[n, d_in]``, or an :class:`~saetools.activations.ActivationStore`
             (in memory or streamed from disk).
         cfg: a sae-lens ``TrainingSAEConfig`` subclass instance (its architecture picks the
             class through sae-lens's registry).

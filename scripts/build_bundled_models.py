@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from saetools import ablation
+from saetools.circuits import ablation
 from saetools.data import heldout_names, heldout_templates
+from saetools.models.build.tiny_ioi import TrainConfig, train_tiny_ioi
 from saetools.models.loading import bundled_model_dir, load_model
-from saetools.models.train_tiny import TrainConfig, train_tiny_ioi
 from saetools.tasks import ioi
 
 N_EVAL = 2000
@@ -105,7 +105,7 @@ is never trained on them. They do occur in recall, grammar and copying sentences
 embeddings and copying are trained.
 
 ## Training
-`python scripts/build_bundled_models.py` (equivalently `python -m saetools.models.train_tiny
+`python scripts/build_bundled_models.py` (equivalently `python -m saetools.models.build.tiny_ioi
 --out DIR` followed by this script's evaluation): seed {seed}, {steps} AdamW steps of
 {batch_size} x {n_ctx} tokens, peak learning rate {lr}, warm-up {warmup} steps, cosine decay to
 10%, weight decay {weight_decay} on matrices. The saved weights are an exponential moving average of

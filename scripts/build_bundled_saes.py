@@ -17,9 +17,10 @@ from sae_lens import StandardTrainingSAEConfig, TopKTrainingSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 import saetools
+from saetools.activations import collect_activations
 from saetools.evals import evaluate_saes
+from saetools.models.text import corpus_tokens
 from saetools.saes import load_sae, save_sae
-from saetools.training import collect_activations, corpus_tokens
 
 OUT = Path(__file__).parents[1] / "saetools" / "saes" / "bundled"
 LAYER = 2

@@ -5,7 +5,7 @@
     python scripts/build_rotary_model.py --out DIR       # write elsewhere (reproduction check)
 
 Every number in MODEL_CARD.md comes from metrics.json, which this script measures with
-saetools.lminfinite_repro.run (the same code as notebook 07).
+saetools.experiments.han2023_lm_infinite.run (the same code as notebook 07).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from saetools.lminfinite_repro import ReproConfig, check, run, target_status
+from saetools.experiments.han2023_lm_infinite import Config, check, run, target_status
+from saetools.models.build.tiny_rotary import RotaryTrainConfig, train_tiny_rotary
 from saetools.models.loading import bundled_model_dir, load_model
-from saetools.models.train_rotary import RotaryTrainConfig, train_tiny_rotary
 
 FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")
 
@@ -68,11 +68,11 @@ PyTorch profiler's allocator events):
 
 {cost_table}
 
-Claims checked by `saetools.lminfinite_repro.check` (vanilla degrades, LM-Infinite far below
+Claims checked by `saetools.experiments.han2023_lm_infinite.check` (vanilla degrades, LM-Infinite far below
 vanilla at the largest factor, lean memory linear): {check}.
 
 Issue 9's target (LM-Infinite within {tol_pct:.0f}% of its in-length NLL at every factor up to
-{eval_factor}x), from `saetools.lminfinite_repro.target_status`: **{target}** (worst bin
+{eval_factor}x), from `saetools.experiments.han2023_lm_infinite.target_status`: **{target}** (worst bin
 {worst_ratio:.3f}x the in-length NLL, at factor {worst_factor:g}).
 
 Rebuild: `python scripts/build_rotary_model.py` (see its `--help`).
@@ -90,7 +90,7 @@ def _md(df) -> str:
 
 def measure(run_dir: Path, log: dict, profile: str = "full") -> dict:
     model = load_model(str(run_dir), device="cpu")
-    result = run(model, ReproConfig(profile=profile))
+    result = run(model, Config.profile(profile))
     try:
         check(result)
         status = "passed"
@@ -105,7 +105,7 @@ def measure(run_dir: Path, log: dict, profile: str = "full") -> dict:
         "size_mb": (run_dir / "model.safetensors").stat().st_size / 1e6,
         "train_seconds": log["train_seconds"], "final_loss": log["loss"][-1][1],
         "train_cpu_seconds": log.get("train_cpu_seconds"),
-        "config": result.config, "summary": result.summary().reset_index().to_dict("records"),
+        "config": {**result.config, "profile": profile}, "summary": result.summary().reset_index().to_dict("records"),
         "nll_bins": result.nll_bins.to_dict("records"), "passkey": result.passkey.to_dict("records"),
         "entropy": result.entropy.to_dict("records"), "cost": result.cost.to_dict("records"),
         "check": status, "target": target_status(result),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from saetools import ablation
+from saetools.circuits import ablation
 from saetools.hooks import HookNameError, attached_hook_count, replace_heads_hook, scoped_hooks
 from saetools.tasks import ioi
 

@@ -1,4 +1,4 @@
-"""AFA quantities (saetools.afa), the toy superposition generator (saetools.toy) and the lee2025
+"""AFA quantities (saetools.diagnostics.afa), the toy superposition generator (saetools.diagnostics.toy) and the lee2025
 experiment's config: hand-computed cases, the theorem on ground truth, agreement between the SAE
 path and the raw-codes path, and clear errors."""
 
@@ -12,8 +12,16 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from saetools.afa import afa, afa_bounds, eps_lbo, eps_lbo_table, zf_data, zf_data_from_codes, zf_plot
-from saetools.toy import ToyConfig, ToySuperposition
+from saetools.diagnostics.afa import (
+    afa,
+    afa_bounds,
+    eps_lbo,
+    eps_lbo_table,
+    zf_data,
+    zf_data_from_codes,
+    zf_plot,
+)
+from saetools.diagnostics.toy import ToyConfig, ToySuperposition
 
 EXACT = {"rtol": 1e-12, "atol": 1e-12}  # float64 arithmetic on hand-picked values
 F32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 SAE forward passes
@@ -203,14 +211,14 @@ def test_toy_bad_config():
 
 
 def test_lee2025_config_validation():
-    from saetools.experiments.lee2025 import Lee2025Config
+    from saetools.experiments.lee2025_top_afa import Config
 
     with pytest.raises(ValueError, match="toy_overlaps must start at 0"):
-        Lee2025Config(toy_overlaps=(0.1, 0.2))
+        Config(toy_overlaps=(0.1, 0.2))
     with pytest.raises(ValueError, match="toy_h"):
-        Lee2025Config(toy_h=64, toy_d=64)
-    with pytest.raises(ValueError, match="Lee2025Config.d_sae"):
-        Lee2025Config(d_sae=0)
+        Config(toy_h=64, toy_d=64)
+    with pytest.raises(ValueError, match="Config.d_sae"):
+        Config(d_sae=0)
     with pytest.raises(ValueError, match="unknown profile"):
-        Lee2025Config.profile("medium")
-    assert Lee2025Config.profile("full").pretrained == (("gpt2-small-res-jb", "blocks.8.hook_resid_pre"),)
+        Config.profile("medium")
+    assert Config.profile("full").pretrained == (("gpt2-small-res-jb", "blocks.8.hook_resid_pre"),)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from saetools import ablation
+from saetools.circuits import ablation
 from saetools.data import heldout_names, heldout_templates
 from saetools.models.loading import bundled_model_dir
 from saetools.tasks import ioi

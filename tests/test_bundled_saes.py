@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from saetools import evals
+from saetools.activations import collect_activations
+from saetools.models.text import corpus_tokens
 from saetools.saes import bundled_sae_card, bundled_saes, load_bundled_sae
-from saetools.splice import splice
-from saetools.training import collect_activations, corpus_tokens
+from saetools.splicing import splice
 
 NAMES = bundled_saes()
 SPLICE_ATOL = 1e-5  # float32: x_hat + (x - x_hat) is x up to rounding

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from saetools import circuits
+from saetools.circuits.panel import IOIBackend
 from saetools.data import load_words
 from saetools.hooks import attached_hook_count
-from saetools.ioi_backend import IOIBackend
 from saetools.models.loading import hub_reachable, is_cached
 from saetools.tasks import ioi
 from saetools.widgets import IOIPanel

@@ -321,13 +321,13 @@ def test_noise_injection_on_a_planted_sae():
 
 
 def test_experiment_config_validation():
-    from saetools.experiments.dark_matter import DarkMatterConfig
+    from saetools.experiments.engels2024_dark_matter import Config
 
-    assert DarkMatterConfig.profile("full").source == "pretrained"
+    assert Config.profile("full").source == "pretrained"
     for kw, match in (({"widths": (256, 128, 512)}, "increasing"), ({"widths": (128, 256)}, ">= 3 SAEs"),
                       ({"k": 0}, "k must be positive"), ({"pursuit_variant": "greedy"}, "pursuit_variant"),
                       ({"drop_first": -1}, "drop_first")):
         with pytest.raises(ValueError, match=match):
-            DarkMatterConfig(**kw)
+            Config(**kw)
     with pytest.raises(ValueError, match="unknown profile"):
-        DarkMatterConfig.profile("medium")
+        Config.profile("medium")

@@ -338,7 +338,7 @@ def test_coupled_mean_codes_backfit_to_the_least_squares_fit():
 def test_experiment_falls_back_to_independent_codes_when_coupled_ones_miss_an_edit_value():
     """The Makelov experiment's per-node choice: coupled codes win on variance, but a
     counterfactual needs a joint (name, Pos) value the fit never saw -> independent codes."""
-    from saetools.experiments.makelov import _supervised
+    from saetools.experiments.makelov2024_supervised_dictionaries import _supervised
 
     spec = factorial_spec(reps=3)
     x, _ = planted(spec, coupled=True)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saetools import circuits
+from saetools import circuits, dictionaries
 from saetools.data import load_words
 from saetools.dictionaries import (
     CrossSection,
@@ -156,7 +156,7 @@ def test_edit_cross_section_matches_per_prompt_reference(setup):
 
 def test_attribute_patching_matches_a_per_head_hook(setup):
     model, names, _, clean, _ = setup
-    df = circuits.attribute_patching(model, clean, "io", seed=2, names=names[20:]).set_index(["layer", "head"])
+    df = dictionaries.attribute_patching(model, clean, "io", seed=2, names=names[20:]).set_index(["layer", "head"])
     cf = ioi.render(model, ioi.counterfactual(clean.spec, "io", seed=2, names=names[20:]))
     base = ioi.end_logits(model(clean.tokens), clean).argmax(-1)
     for layer, head in [(1, 3), (0, 2)]:
@@ -164,9 +164,9 @@ def test_attribute_patching_matches_a_per_head_hook(setup):
         end = naive_end_logits(model, clean, {node: node_acts(model, cf, [node])[node]})
         assert df.changed[(layer, head)] == pytest.approx(float((end.argmax(-1) != base).float().mean()))
     with pytest.raises(ValueError, match="attribute"):
-        circuits.attribute_patching(model, clean, "place")
+        dictionaries.attribute_patching(model, clean, "place")
     with pytest.raises(ValueError, match="position"):
-        circuits.attribute_patching(model, clean, "io", position="S3")
+        dictionaries.attribute_patching(model, clean, "io", position="S3")
 
 
 def test_cross_sections_from_a_circuit():
@@ -280,7 +280,7 @@ def test_edit_targets_keep_the_carried_io_and_s_sections():
     """``edit_targets`` on a hand-made edits table (the end-to-end run is notebook 03's check)."""
     from types import SimpleNamespace
 
-    from saetools.experiments import makelov
+    from saetools.experiments import makelov2024_supervised_dictionaries as makelov
 
     rows = []
     for section, attr, none_acc, sup_acc in (("IO in a", "io", 0.80, 0.95), ("IO in b", "io", 0.95, 0.50),

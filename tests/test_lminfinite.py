@@ -11,7 +11,7 @@ from transformer_lens import HookedTransformerConfig
 
 from saetools.hooks import attached_hook_count
 from saetools.lminfinite import AbsolutePositionWarning, LMInfiniteConfig, lean_attention, lm_infinite
-from saetools.lminfinite_eval import binned_nll, per_position_nll, time_and_memory
+from saetools.lminfinite.evaluation import binned_nll, per_position_nll, time_and_memory
 from saetools.models.loading import build_model
 
 ATOL = 1e-5
@@ -72,7 +72,6 @@ CASES = [
 def test_hooks_equal_reference(cfg):
     model = rotary_model()
     tokens = torch.randint(50, (1, 24), generator=torch.Generator().manual_seed(1))
-    store = {}
     names = lambda n: n.endswith(("attn.hook_q", "attn.hook_k", "attn.hook_pattern"))
     with lm_infinite(model, cfg):
         _, cache = model.run_with_cache(tokens, names_filter=names)
@@ -155,7 +154,7 @@ def tiny_rotary():
 
 
 def test_tiny_rotary_vanilla_degrades_and_lm_infinite_holds(tiny_rotary):
-    from saetools.models.train_rotary import long_document_tokens
+    from saetools.models.corpus import long_document_tokens
 
     model = tiny_rotary
     L = model.cfg.train_seq_length

@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 
 from saetools import circuits
-from saetools.diagnostics.occlusion import ToyOcclusionConfig
 from saetools.dictionaries import IOISAEConfig, cross_sections
-from saetools.experiments import makelov
+from saetools.dictionaries.occlusion import ToyOcclusionConfig
+from saetools.experiments import makelov2024_supervised_dictionaries as makelov
 from tests.conftest import random_model_with_bundled_tokenizer
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saetools.diagnostics.occlusion import over_splitting
+from saetools.dictionaries.occlusion import over_splitting
 from saetools.widgets.makelov import EditPlayground, OverSplittingExplorer, edit_table, oversplitting_figure
 
 pytest.importorskip("ipywidgets")

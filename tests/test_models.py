@@ -85,7 +85,7 @@ def test_bundled_model_unembedding_is_tied_like_gpt2(bundled_model):
 
 
 def test_tied_training_keeps_w_u_equal_to_w_e_transposed(tmp_path):
-    from saetools.models.train_tiny import TrainConfig, train_tiny_ioi
+    from saetools.models.build.tiny_ioi import TrainConfig, train_tiny_ioi
 
     cfg = TrainConfig(steps=3, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2, ema_start=1)
     train_tiny_ioi(cfg, tmp_path, eval_every=0)
@@ -96,7 +96,7 @@ def test_tied_training_keeps_w_u_equal_to_w_e_transposed(tmp_path):
 def test_training_is_deterministic_in_its_seed(tmp_path):
     from safetensors.torch import load_file
 
-    from saetools.models.train_tiny import TrainConfig, train_tiny_ioi
+    from saetools.models.build.tiny_ioi import TrainConfig, train_tiny_ioi
 
     cfg = TrainConfig(steps=4, warmup=1, batch_size=4, n_layers=1, d_model=16, n_heads=2, ema_start=1)
     for run in ("a", "b"):

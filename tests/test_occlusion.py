@@ -1,4 +1,4 @@
-"""Occlusion and over-splitting (saetools.diagnostics.occlusion): planted answers and naive references."""
+"""Occlusion and over-splitting (saetools.dictionaries.occlusion): planted answers and naive references."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from saetools.diagnostics.occlusion import (
+from saetools.dictionaries import f1_scores, fit_supervised
+from saetools.dictionaries.occlusion import (
     ToyOcclusionConfig,
     best_latent_f1,
     code_norms,
@@ -19,7 +20,6 @@ from saetools.diagnostics.occlusion import (
     toy_occlusion_data,
     toy_occlusion_sweep,
 )
-from saetools.dictionaries import f1_scores, fit_supervised
 
 ATOL = 1e-5  # float32 sums of a few thousand terms
 
@@ -227,7 +227,6 @@ def test_config_errors_name_the_field():
 
 
 def test_node_edit_accuracy_matches_edit_cross_section(bundled_model_shared):
-    from saetools.diagnostics.occlusion import node_edit_accuracy
     from saetools.dictionaries import (
         CrossSection,
         Node,
@@ -236,6 +235,7 @@ def test_node_edit_accuracy_matches_edit_cross_section(bundled_model_shared):
         edit_cross_section,
         node_acts,
     )
+    from saetools.dictionaries.occlusion import node_edit_accuracy
     from saetools.saes import load_bundled_sae
     from saetools.tasks import ioi
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from saetools import incremental, patching
+from saetools.circuits import incremental, patching
 from saetools.hooks import attached_hook_count
 from saetools.tasks import ioi
 
@@ -170,7 +170,7 @@ def test_bad_inputs_name_the_fix(random_model, pair):
         patching.patch_resid(random_model, clean, corrupted, direction="sideways")
 
 
-# --- the incremental path (saetools.incremental) against the hooked path and full runs ---
+# --- the incremental path (saetools.circuits.incremental) against the hooked path and full runs ---
 
 def _hooked_path(monkeypatch):
     """Force patch_heads onto its hooked full-forward path (the implementation before the fast one)."""

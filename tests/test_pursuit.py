@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from saetools.pursuit import (
+from saetools.diagnostics.dark_matter.pursuit import (
     effective_decoder,
     gradient_pursuit,
     gradient_pursuit_reference,

@@ -6,7 +6,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 import saetools
 from saetools.hooks import HookNameError, attached_hook_count
-from saetools.splice import SAEShapeError
+from saetools.splicing import SAEShapeError
 
 
 def _sae(hook="blocks.1.hook_resid_pre", seed=0, d_in=32):

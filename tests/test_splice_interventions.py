@@ -9,7 +9,7 @@ from conftest import random_standard_sae
 
 import saetools
 from saetools.hooks import HookNameError, attached_hook_count
-from saetools.splice import (
+from saetools.splicing import (
     ablate_latents,
     clamp_latents,
     latent_acts,

@@ -228,7 +228,7 @@ def test_save_load_and_splice_into_the_bundled_model(bundled_model, tmp_path):
 
 
 def test_train_sae_trains_a_switch_sae(bundled_model, tmp_path):
-    tokens, keep = saetools.training.corpus_tokens(bundled_model, 60, seed=0)
+    tokens, keep = saetools.models.text.corpus_tokens(bundled_model, 60, seed=0)
     acts = saetools.collect_activations(bundled_model, tokens, HOOK, mask=keep)
     cfg = SwitchTrainingSAEConfig(d_in=128, d_sae=512, n_experts=4, k=8, metadata=SAEMetadata(hook_name=HOOK),
                                   normalize_activations="expected_average_only_in")

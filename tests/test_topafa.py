@@ -19,7 +19,7 @@ from saetools.saes.topafa import (
     TopAFATrainingSAEConfig,
     topafa_mask,
 )
-from saetools.splice import splice
+from saetools.splicing import splice
 
 F32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 forward passes of small SAEs
 HOOK = "blocks.2.hook_resid_pre"
@@ -198,7 +198,7 @@ def test_splice_into_bundled_model_error_term_invariance(bundled_model):
     inference = TopAFASAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
     inference.load_state_dict(sae.state_dict())
     inference.eval()
-    tokens, _ = saetools.training.corpus_tokens(bundled_model, 4, seed=0)
+    tokens, _ = saetools.models.text.corpus_tokens(bundled_model, 4, seed=0)
     with torch.no_grad():
         clean = bundled_model(tokens)
         with splice(bundled_model, inference, use_error_term=True):

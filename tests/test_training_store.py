@@ -17,6 +17,7 @@ from sae_lens import (
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 from saetools import evals
+from saetools.activations import ActivationStore
 from saetools.saes import (
     FaithfulGatedTrainingSAEConfig,
     PretrainedSAEUnavailableError,
@@ -25,7 +26,6 @@ from saetools.saes import (
     refit_decoder,
     save_sae,
 )
-from saetools.store import ActivationStore
 from saetools.training import train_sae
 
 META = SAEMetadata(hook_name="blocks.0.hook_resid_pre")
@@ -156,11 +156,12 @@ def test_pretrained_sae_offline_is_a_clear_fast_error():
 def test_dataset_tokens_packs_a_local_dataset(random_model):
     from datasets import Dataset
 
-    from saetools.training import dataset_tokens
+    from saetools.models.text import dataset_tokens
 
     ds = Dataset.from_dict({"text": ["Then, Mary and John went to the store."] * 20})
-    rows = dataset_tokens(random_model, ds, n_rows=5, context_size=16)
-    assert rows.shape == (5, 16) and (rows[:, 0] == random_model.tokenizer.bos_token_id).all()
+    rows, keep = dataset_tokens(random_model, ds, n_rows=5, context_size=16)
+    assert rows.shape == keep.shape == (5, 16) and (rows[:, 0] == random_model.tokenizer.bos_token_id).all()
+    assert not keep[:, 0].any() and keep[:, 1:].all()
     ids = random_model.tokenizer("Then, Mary and John", add_special_tokens=False)["input_ids"]
     assert rows[0, 1 : 1 + len(ids)].tolist() == ids
     with pytest.raises(ValueError, match="tokens"):
@@ -170,7 +171,7 @@ def test_dataset_tokens_packs_a_local_dataset(random_model):
 def test_named_dataset_offline_is_a_clear_fast_error(random_model, monkeypatch):
     import time
 
-    from saetools.training import DatasetUnavailableError, dataset_tokens
+    from saetools.models.text import DatasetUnavailableError, dataset_tokens
 
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Supervised feature dictionaries and their evaluation (Makelov, Lange & Nanda 2024, NOTES §2).
 
-* :mod:`~saetools.dictionaries.nodes` -- nodes (an activation at a semantic position) and
-  cross-sections from a circuit;
+* :mod:`~saetools.dictionaries.nodes` -- nodes (an activation at a semantic position),
+  cross-sections from a circuit, and which heads carry an attribute (:func:`attribute_patching`);
 * :mod:`~saetools.dictionaries.supervised` -- supervised dictionaries (mean codes, least squares;
   independent / coupled) with an SAE-like interface, and :class:`SAEDictionary` for SAEs;
 * :mod:`~saetools.dictionaries.approximation` -- sufficiency, necessity, LD recovered, and what a
@@ -9,7 +9,9 @@
 * :mod:`~saetools.dictionaries.control` -- supervised and SAE edits, edit accuracy, weight removed;
 * :mod:`~saetools.dictionaries.interpretability` -- precision / recall / F1 of latents, grouped
   F1, mean-max cosine;
-* :mod:`~saetools.dictionaries.ioi_saes` -- SAEs trained per node with the paper's schedule.
+* :mod:`~saetools.dictionaries.ioi_saes` -- SAEs trained per node with the paper's schedule;
+* :mod:`~saetools.dictionaries.occlusion` -- occlusion (an attribute hidden behind a stronger one)
+  and over-splitting (an attribute spread over many latents).
 """
 
 from saetools.dictionaries.approximation import Approximation, approximation, ld_recovered, shared_residual
@@ -32,6 +34,7 @@ from saetools.dictionaries.nodes import (
     CrossSection,
     Node,
     NodeRunner,
+    attribute_patching,
     circuit_nodes,
     cross_sections,
     node_acts,
@@ -46,7 +49,7 @@ from saetools.dictionaries.supervised import (
 
 __all__ = [
     "Approximation", "CrossSection", "F1Table", "IOISAEConfig", "Node", "NodeRunner", "SAEDictionary", "SupervisedDictionary",
-    "agreement_score", "approximation", "attribute_values", "circuit_nodes", "cross_sections", "edit_accuracy",
+    "agreement_score", "approximation", "attribute_patching", "attribute_values", "circuit_nodes", "cross_sections", "edit_accuracy",
     "edit_cross_section", "f1_scores", "fit_supervised", "grouped_f1", "latent_weights", "ld_recovered",
     "mean_max_cosine", "node_acts", "run_with_nodes", "sae_edit_aware", "sae_edit_greedy", "shared_residual",
     "train_node_sae", "train_node_saes", "webtext_attention_saes",

@@ -35,7 +35,7 @@ __all__ = ["Approximation", "approximation", "ld_recovered", "mean_logit_diff", 
 
 
 def _ld(end: Tensor, batch: ioi.IOIBatch) -> float:
-    return float((end.gather(1, batch.io_ids[:, None]) - end.gather(1, batch.s_ids[:, None])).mean())
+    return float(ioi.end_logit_diff(end, batch).mean())
 
 
 def mean_logit_diff(model, batch: ioi.IOIBatch, replacements: Mapping[Node, object] | None = None, *,

@@ -196,7 +196,7 @@ def edit_cross_section(
 
     def row(dictionary, method, n, reps, weight):
         end = run(reps)
-        ld = (end.gather(1, batch.io_ids[:, None]) - end.gather(1, batch.s_ids[:, None])).mean()
+        ld = ioi.end_logit_diff(end, batch).mean()
         full = {nd: reps.get(nd, acts[nd]) for nd in nodes}
         dist = torch.stack([(full[nd] - cf_acts[nd]).pow(2).sum(-1) for nd in nodes]).sum(0).sqrt() / span
         rows.append({"section": section.name, "attribute": attr, "dictionary": dictionary, "method": method, "n": n,

@@ -19,14 +19,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from saetools.data import load_words
 from saetools.hooks import check_hook_names
 from saetools.tasks import ioi
 
 __all__ = [
+    "attribute_patching",
     "ROLE_NODES",
     "CrossSection",
     "Node",
@@ -288,3 +291,44 @@ def end_logits_with_nodes(model, batch: ioi.IOIBatch, replacements: Mapping[Node
     replacement tensors are sliced with the prompts). For many calls on one batch use a
     :class:`NodeRunner`, which reuses the clean prefix."""
     return NodeRunner(model, batch, batch_size=batch_size)(replacements)
+
+
+@torch.no_grad()
+def attribute_patching(model, batch: ioi.IOIBatch, attribute: str, *, position: str = "END", seed: int = 0,
+                       names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Which heads carry an attribute: patch one head's ``z`` at ``position`` from the
+    counterfactual prompt that changes ``attribute`` (``"io"``, ``"s"`` or ``"pos"``,
+    :func:`saetools.tasks.ioi.counterfactual`), one head at a time, batched over prompts.
+
+    Uses :class:`NodeRunner`, so with equal-length prompts and
+    ``position="END"`` each patch re-runs only the END token.
+
+    Returns:
+        One row per head: ``layer, head, changed`` (fraction of prompts whose top END prediction
+        changes), ``logit_diff`` (mean clean-answer logit difference after the patch) and
+        ``logit_diff_clean``. Heads with a large ``changed`` but no direct effect on the logits
+        carry the attribute to later components (e.g. the bundled model's IO movers).
+    """
+    if attribute not in ioi.ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {ioi.ATTRIBUTES}, got {attribute!r}")
+    if position not in ioi.POSITIONS:
+        raise ValueError(f"position must be one of {ioi.POSITIONS}, got {position!r}")
+    names = names if names is not None else ioi.single_token_words(model, load_words("names"))
+    cf = ioi.render(model, ioi.counterfactual(batch.spec, attribute, seed=seed, names=names))
+    if cf.tokens.shape != batch.tokens.shape:
+        raise ValueError("counterfactual prompts tokenize to a different layout; use single-token words")
+    heads = [Node(l, "z", position, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    src = node_acts(model, cf, heads)
+    runner = NodeRunner(model, batch)
+    clean_end = runner({})
+
+    def ld(end):
+        return float(ioi.end_logit_diff(end, batch).mean())
+
+    out = []
+    for node in heads:
+        end = runner({node: src[node]})
+        out.append({"layer": node.layer, "head": node.head,
+                    "changed": float((end.argmax(-1) != clean_end.argmax(-1)).float().mean()),
+                    "logit_diff": ld(end), "logit_diff_clean": ld(clean_end)})
+    return pd.DataFrame(out)

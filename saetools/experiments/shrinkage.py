@@ -10,12 +10,14 @@ SAE is then fixed post hoc as in Wright & Sharkey (2024) (:func:`saetools.saes.r
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from sae_lens import (
     BatchTopKTrainingSAEConfig,
     GatedTrainingSAEConfig,
@@ -25,15 +27,18 @@ from sae_lens import (
 )
 from sae_lens.saes.sae import SAEMetadata
 
+from saetools.activations import collect_activations
 from saetools.evals import evaluate_saes
+from saetools.experiments.protocol import Profiles, subplots
+from saetools.models.text import corpus_tokens
 from saetools.saes import refit_decoder
-from saetools.training import collect_activations, corpus_tokens, train_sae
+from saetools.training import train_sae
 
-__all__ = ["L0_ROUNDING", "ShrinkageConfig", "ShrinkageResult", "check", "figures", "run"]
+__all__ = ["L0_ROUNDING", "Config", "Result", "check", "figures", "run"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ShrinkageConfig:
+class Config(Profiles):
     """What to train and evaluate."""
 
     layer: int | None = None
@@ -67,28 +72,33 @@ class ShrinkageConfig:
     def __post_init__(self):
         for name in ("n_documents", "n_eval_documents", "d_sae", "total_samples", "batch_size"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"ShrinkageConfig.{name} must be positive")
+                raise ValueError(f"Config.{name} must be positive")
         if self.jumprelu_sparsity_loss not in ("step", "tanh"):
-            raise ValueError(f"ShrinkageConfig.jumprelu_sparsity_loss must be 'step' or 'tanh', "
+            raise ValueError(f"Config.jumprelu_sparsity_loss must be 'step' or 'tanh', "
                              f"got {self.jumprelu_sparsity_loss!r}")
 
-    @classmethod
-    def profile(cls, name: str) -> ShrinkageConfig:
-        """``"smoke"`` (CPU, about a minute) or ``"full"``."""
-        if name == "smoke":
-            return cls()
-        if name == "full":
-            return cls(n_documents=60_000, n_eval_documents=3000, d_sae=2048, total_samples=8_000_000,
-                       batch_size=4096, l1_coefficients=(1.0, 2.0, 5.0, 10.0), l0_coefficients=(0.2, 0.5, 1.0, 2.0),
-                       k_values=(8, 16, 32, 64), jumprelu_sparsity_loss="step")
-        raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {},
+        "full": {
+            "n_documents": 60_000,
+            "n_eval_documents": 3000,
+            "d_sae": 2048,
+            "total_samples": 8_000_000,
+            "batch_size": 4096,
+            "l1_coefficients": (1.0, 2.0, 5.0, 10.0),
+            "l0_coefficients": (0.2, 0.5, 1.0, 2.0),
+            "k_values": (8, 16, 32, 64),
+            "jumprelu_sparsity_loss": "step",
+        },
+    }
+    """Named configurations: ``"smoke"`` (CPU, about a minute) or ``"full"``."""
 
 
 @dataclass
-class ShrinkageResult:
+class Result:
     """Everything the notebook shows."""
 
-    config: ShrinkageConfig
+    config: Config
     table: pd.DataFrame
     """One row per SAE: ``architecture``, ``param`` (the swept value) and the evals columns."""
     l2_ratios: dict[str, np.ndarray]
@@ -99,7 +109,7 @@ class ShrinkageResult:
     meta: dict = field(default_factory=dict)
 
 
-def _configs(cfg: ShrinkageConfig, d_in: int, hook: str) -> dict[str, tuple[str, float, object]]:
+def _configs(cfg: Config, d_in: int, hook: str) -> dict[str, tuple[str, float, object]]:
     common = {"d_in": d_in, "d_sae": cfg.d_sae, "metadata": SAEMetadata(hook_name=hook),
                   "normalize_activations": "expected_average_only_in"}
     out = {}
@@ -120,7 +130,7 @@ def _l2_ratio(sae, x: torch.Tensor) -> np.ndarray:
     return (sae(x).norm(dim=-1) / x.norm(dim=-1)).numpy()
 
 
-def run(model, cfg: ShrinkageConfig) -> ShrinkageResult:
+def run(model, cfg: Config) -> Result:
     """Train every architecture on the same activations, evaluate, and fix the L1 SAE."""
     t0 = time.perf_counter()
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
@@ -143,18 +153,17 @@ def run(model, cfg: ShrinkageConfig) -> ShrinkageResult:
     fixed = refit_decoder(saes[worst], acts)
     supp = evaluate_saes(model, {f"{worst} (before)": saes[worst], f"{worst} (refit)": fixed}, eval_tokens)
     ratios[f"{worst} (refit)"] = _l2_ratio(fixed, eval_acts)
-    return ShrinkageResult(config=cfg, table=table, l2_ratios=ratios, suppression=supp,
+    return Result(config=cfg, table=table, l2_ratios=ratios, suppression=supp,
                            seconds=time.perf_counter() - t0,
                            meta={"hook_name": hook, "train_activations": int(acts.shape[0]),
                                  "eval_activations": int(eval_acts.shape[0]), "config": asdict(cfg)})
 
 
-def figures(result: ShrinkageResult):
-    """Fidelity vs L0, gamma vs L0 (both definitions) and the l2-ratio histograms."""
-    import matplotlib.pyplot as plt
-
+def figures(result: Result) -> dict[str, Figure]:
+    """``{"shrinkage": ...}``: fidelity vs L0, gamma vs L0 (both definitions) and the l2-ratio
+    histograms, one panel each."""
     t = result.table
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, axes = subplots(1, 4, figsize=(18, 4))
     for arch, g in t.groupby("architecture"):
         g = g.sort_values("l0")
         axes[0].plot(g.l0, g.loss_recovered_zero, "o-", label=arch)
@@ -173,7 +182,7 @@ def figures(result: ShrinkageResult):
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return fig
+    return {"shrinkage": fig}
 
 
 L0_ROUNDING = 1e-3
@@ -181,7 +190,7 @@ L0_ROUNDING = 1e-3
 rounding, which flips the odd latent sitting exactly at its threshold."""
 
 
-def check(result: ShrinkageResult) -> None:
+def check(result: Result) -> None:
     """The notebook's claims, measured on held-out tokens.
 
     * L1 SAEs shrink: ``gamma_saelens`` clearly below 1 (< 0.9) and below the Gated SAE

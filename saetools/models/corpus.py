@@ -1,5 +1,6 @@
-"""The synthetic corpus the bundled ``tiny-ioi`` model is trained on.
+"""The synthetic corpora the bundled models are trained on, and their packing into rows.
 
+The ``tiny-ioi`` corpus: 
 Four seeded document generators, mixed by :class:`CorpusConfig`:
 
 * **IOI** sentences (Wang et al. 2022): ``"Then, Mary and John went to the store. John gave a
@@ -19,6 +20,9 @@ Four seeded document generators, mixed by :class:`CorpusConfig`:
 * **copying** sequences: a random word list followed by its repeat, so that induction and
   duplicate-token heads can form.
 
+``tiny-rotary`` trains on :func:`long_document` streams: the same sentences without document
+breaks, with passkey statements recalled a few sentences later.
+
 Held out for evaluation (see :func:`saetools.data.heldout_templates` /
 :func:`saetools.data.heldout_names`): some template strings never occur, and some names never
 occur in an IOI or ABC sentence, so choosing between two first-clause names -- the IOI
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from saetools.data import heldout_names, heldout_templates, ioi_template_data, load_words
 
@@ -45,6 +50,11 @@ __all__ = [
     "fill_template",
     "generate_documents",
     "tokenizer_training_text",
+    "pack_documents",
+    "KEY_PREFIX",
+    "passkey",
+    "long_document",
+    "long_document_tokens",
 ]
 
 
@@ -224,3 +234,80 @@ def tokenizer_training_text(*, seed: int, n_documents: int = 20_000) -> list[str
     extra = list(data["wang2022"]) + list(data["makelov2024"])
     extra += [" " + " ".join(words)] * 50
     return generate_documents(n_documents, seed=seed) + extra
+
+
+def pack_documents(docs_ids: list[list[int]], *, n_ctx: int, bos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack whole documents into rows ``BOS d1 BOS d2 ...``; pad the rest with BOS.
+
+    Returns ``(tokens, loss_mask)``, where ``loss_mask[r, t]`` says whether the prediction
+    *from* position ``t`` counts (padding positions do not).
+    """
+    rows: list[list[int]] = []
+    row: list[int] = []
+    for ids in docs_ids:
+        doc = [bos] + ids
+        if len(doc) > n_ctx:
+            continue
+        if len(row) + len(doc) > n_ctx:
+            rows.append(row)
+            row = []
+        row = row + doc
+    if row:
+        rows.append(row)
+    out = torch.full((len(rows), n_ctx), bos, dtype=torch.long)
+    mask = torch.zeros((len(rows), n_ctx), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r) - 1] = True
+    return out, mask
+
+
+# The long passkey documents of tiny-rotary (LM-Infinite).
+
+KEY_PREFIX = " The key is"
+"""Text before the passkey digits, in both the statement and the recall."""
+
+
+def passkey(rng: np.random.Generator) -> str:
+    """A random five-digit passkey (first digit non-zero)."""
+    return str(int(rng.integers(10_000, 100_000)))
+
+
+def long_document(n_sentences: int, *, seed: int, passkey_rate: float = 0.3) -> str:
+    """A long document: corpus sentences without breaks, with passkey statements and recalls.
+
+    Each sentence slot starts a passkey statement with probability ``passkey_rate``; the
+    same key is recalled after 0-2 further sentences, so the recall is always within a short
+    distance of its statement (well inside the training length).
+    """
+    if n_sentences <= 0:
+        raise ValueError(f"n_sentences must be positive, got {n_sentences}")
+    rng = np.random.default_rng(seed)
+    sentences = generate_documents(n_sentences, seed=int(rng.integers(1 << 31)))
+    out: list[str] = []
+    pending: list[tuple[int, str]] = []  # (sentences until recall, key)
+    for s in sentences:
+        if not pending and rng.random() < passkey_rate:
+            key = passkey(rng)
+            out.append(f"{KEY_PREFIX} {key}.")
+            pending.append((int(rng.integers(0, 3)), key))
+        out.append(" " + s)
+        if pending:
+            wait, key = pending[0]
+            if wait == 0:
+                out.append(f"{KEY_PREFIX} {key}.")
+                pending.clear()
+            else:
+                pending[0] = (wait - 1, key)
+    return "".join(out)
+
+
+def long_document_tokens(tokenizer, n_tokens: int, *, seed: int, passkey_rate: float = 0.3) -> torch.Tensor:
+    """``[n_tokens]`` token ids: BOS followed by the start of a seeded :func:`long_document`."""
+    n_sentences = max(4, n_tokens // 12)  # sentences average ~20 tokens; retry if short
+    while True:
+        text = long_document(n_sentences, seed=seed, passkey_rate=passkey_rate)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= n_tokens - 1:
+            return torch.tensor([tokenizer.bos_token_id] + ids[: n_tokens - 1], dtype=torch.long)
+        n_sentences *= 2

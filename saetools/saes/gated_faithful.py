@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 from sae_lens import register_sae_training_class
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.gated_sae import GatedSAEConfig, GatedTrainingSAE, GatedTrainingSAEConfig
 from sae_lens.saes.sae import SAEConfig, TrainStepInput
+
+from saetools.sae_lens_compat import SAE_TRAINING_CLASS_REGISTRY
 
 __all__ = ["ARCHITECTURE", "FaithfulGatedTrainingSAE", "FaithfulGatedTrainingSAEConfig"]
 

@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from sae_lens import register_sae_class, register_sae_training_class
-from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
@@ -58,9 +57,9 @@ from sae_lens.saes.sae import (
     TrainStepInput,
     TrainStepOutput,
 )
-from sae_lens.saes.topk_sae import _sparse_matmul_nd
 from torch import Tensor, nn
 
+from saetools.sae_lens_compat import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, sparse_matmul_nd
 from saetools.saes.decoder_norm import project_row_grad
 from saetools.saes.switch_kernels import (
     decoder_flops_per_token,
@@ -294,7 +293,7 @@ class _SwitchCore:
         """``a @ W_dec + b_dec``. Sparse COO latents use a sparse matmul; dense latents that need
         no gradient read only their non-zero entries (dense matmul otherwise)."""
         if feature_acts.is_sparse:
-            out = _sparse_matmul_nd(feature_acts, self.W_dec)
+            out = sparse_matmul_nd(feature_acts, self.W_dec)
         else:
             lead = feature_acts.shape[:-1]
             out = dense_input_decode(feature_acts.reshape(-1, self.cfg.d_sae), self.W_dec)

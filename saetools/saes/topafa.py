@@ -60,7 +60,6 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float
 from sae_lens import register_sae_class, register_sae_training_class
-from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
@@ -73,6 +72,7 @@ from sae_lens.saes.sae import (
 from sae_lens.saes.topk_sae import calculate_topk_aux_acts
 from torch import Tensor
 
+from saetools.sae_lens_compat import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 from saetools.saes.decoder_norm import project_row_grad
 
 __all__ = [

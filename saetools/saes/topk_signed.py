@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import torch
 from sae_lens import register_sae_class, register_sae_training_class
-from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import SAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from torch import nn
+
+from saetools.sae_lens_compat import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
 __all__ = ["ARCHITECTURE", "SignedTopK", "SignedTopKSAE", "SignedTopKSAEConfig", "SignedTopKTrainingSAE",
            "SignedTopKTrainingSAEConfig"]

@@ -46,6 +46,8 @@ __all__ = [
     "render",
     "logit_diff",
     "logit_diff_from_resid",
+    "end_logit_diff",
+    "end_resid_logit_diff",
     "accuracy",
     "io_probability",
     "normalized_score",
@@ -372,28 +374,52 @@ def end_logits(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Flo
     return logits[torch.arange(logits.shape[0], device=logits.device), end]
 
 
+def end_logit_diff(end: Float[Tensor, "batch vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:
+    """The IOI metric: ``logit(IO) - logit(S)`` per prompt, from the logits at END.
+
+    Every logit difference in saetools is this definition: :func:`logit_diff` applies it to
+    full logits, :func:`end_resid_logit_diff` and :func:`logit_diff_from_resid` to the IO and S
+    columns of the unembedding of the residual stream.
+    """
+    return _io_minus_s(end.gather(1, _answers(batch, end.device)))
+
+
+def _answers(batch: IOIBatch, device) -> Int[Tensor, "batch 2"]:
+    return torch.stack([batch.io_ids, batch.s_ids], dim=1).to(device)
+
+
+def _io_minus_s(io_s: Float[Tensor, "batch 2"]) -> Float[Tensor, " batch"]:
+    return io_s[:, 0] - io_s[:, 1]
+
+
 def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:
-    """Logit difference ``logit(IO) - logit(S)`` at END, per prompt."""
-    e = end_logits(logits, batch)
-    io, s = batch.io_ids.to(e.device), batch.s_ids.to(e.device)
-    return e.gather(1, io[:, None])[:, 0] - e.gather(1, s[:, None])[:, 0]
+    """:func:`end_logit_diff` of a model's full logits."""
+    return end_logit_diff(end_logits(logits, batch), batch)
+
+
+def end_resid_logit_diff(model, x_end: Float[Tensor, "batch d_model"], batch: IOIBatch) -> Float[Tensor, " batch"]:
+    """:func:`end_logit_diff` from the final residual stream at END (before ``ln_final``).
+
+    Unembeds only the IO and S columns instead of building ``[batch, d_vocab]`` logits; equal
+    to ``end_logit_diff(model.unembed(model.ln_final(x_end)), batch)`` up to float rounding.
+    """
+    x = x_end[:, None]
+    if getattr(model, "ln_final", None) is not None and model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    x = x[:, 0]
+    answers = _answers(batch, x.device)
+    return _io_minus_s(torch.einsum("bd,dba->ba", x, model.W_U[:, answers]) + model.b_U[answers])
 
 
 def logit_diff_from_resid(model, resid_final: Float[Tensor, "batch pos d_model"], batch: IOIBatch) -> Float[Tensor, " batch"]:
-    """Logit difference at END from the final residual stream (before ``ln_final``).
+    """:func:`end_logit_diff` from the final residual stream (before ``ln_final``).
 
     Equal to ``logit_diff(model(tokens), batch)`` up to float rounding, but unembeds only the IO
     and S columns at END instead of building ``[batch, pos, d_vocab]`` logits (2 GB for 500
     GPT-2 prompts). Get ``resid_final`` with ``model(tokens, stop_at_layer=model.cfg.n_layers)``.
     """
     rows = torch.arange(resid_final.shape[0], device=resid_final.device)
-    x = resid_final[rows, batch.positions["END"].to(resid_final.device)][:, None]
-    if getattr(model, "ln_final", None) is not None and model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    x = x[:, 0]
-    io, s = batch.io_ids.to(x.device), batch.s_ids.to(x.device)
-    w = (model.W_U[:, io] - model.W_U[:, s]).T
-    return (x * w).sum(-1) + (model.b_U[io] - model.b_U[s])
+    return end_resid_logit_diff(model, resid_final[rows, batch.positions["END"].to(resid_final.device)], batch)
 
 
 def accuracy(logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:

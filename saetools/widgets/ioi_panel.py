@@ -3,7 +3,7 @@
 Interactive with ipywidgets (core controls only, which work on Colab and in Jupyter) and a
 static HTML fallback (:meth:`IOIPanel.html`) for exported notebooks or when ipywidgets is
 missing. No model code here: the panel calls a *backend* (duck-typed, see
-:class:`PanelBackend`; :class:`saetools.ioi_backend.IOIBackend` is the one that runs a
+:class:`PanelBackend`; :class:`saetools.circuits.panel.IOIBackend` is the one that runs a
 TransformerLens model) and draws the data it returns.
 """
 

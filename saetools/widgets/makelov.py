@@ -8,8 +8,8 @@ No model code here:
 
 * :class:`OverSplittingExplorer` takes precomputed over-splitting results, one per
   ``(node, attribute)``: anything with the ``summary`` / ``curve`` / ``scatter`` / ``target``
-  fields of :class:`saetools.diagnostics.occlusion.OverSplitting` (and optionally the
-  :func:`~saetools.diagnostics.occlusion.occlusion_table`). Pick node, attribute and value: the
+  fields of :class:`saetools.dictionaries.occlusion.OverSplitting` (and optionally the
+  :func:`~saetools.dictionaries.occlusion.occlusion_table`). Pick node, attribute and value: the
   latents' precision-recall scatter (the greedy union's members numbered) and the union-F1 curve.
 * :class:`EditPlayground` takes either a precomputed long table of END logits or a callable
   that computes one. Pick a prompt, an attribute and a counterfactual value: every edit's
@@ -106,7 +106,7 @@ def oversplitting_figure(result, value: str, *, title: str = ""):
 
 def toy_occlusion_figure(table: pd.DataFrame, *, ax=None):
     """Best latent F1 of both toy attributes vs ``alpha / beta`` (a
-    :class:`~saetools.diagnostics.occlusion.ToyOcclusionResult` ``table``)."""
+    :class:`~saetools.dictionaries.occlusion.ToyOcclusionResult` ``table``)."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -160,7 +160,7 @@ class OverSplittingExplorer(WidgetWithFallback):
                 raise ValueError(f"results keys must be (node, attribute) pairs, got {key!r}")
             missing = [f for f in ("summary", "curve", "scatter", "target") if not hasattr(res, f)]
             if missing:
-                raise TypeError(f"results[{key!r}] has no {missing}; pass saetools.diagnostics.occlusion.over_splitting results")
+                raise TypeError(f"results[{key!r}] has no {missing}; pass saetools.dictionaries.occlusion.over_splitting results")
         self.results = {(str(n), str(a)): r for (n, a), r in results.items()}
         self.occlusion = occlusion
 

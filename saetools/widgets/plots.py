@@ -12,7 +12,7 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     """A diverging heatmap of ``df.pivot(index, columns, values)``, annotated with values.
 
     Args:
-        df: a tidy table (e.g. from :mod:`saetools.patching`).
+        df: a tidy table (e.g. from :mod:`saetools.circuits.patching`).
         index, columns, values: column names for rows, columns and colour.
         title: the figure title; ``label`` the colour-bar label (defaults to ``values``).
         ax: an existing axis (default: a new figure).

@@ -12,7 +12,7 @@ Engels, Smith & Tegmark (2024), "Decomposing the Dark Matter of Sparse Autoencod
 Submodules: :mod:`.decompose` (token rule, decomposition), :mod:`.regression` (least squares,
 R^2, cross-width norm matrix, earlier-component regressions), :mod:`.scaling` (power law plus
 constant, stacked width decomposition), :mod:`.splice` (downstream CE of each part),
-:mod:`.synthetic` (noise injection). Gradient pursuit lives in :mod:`saetools.pursuit`.
+:mod:`.synthetic` (noise injection). Gradient pursuit lives in :mod:`saetools.diagnostics.dark_matter.pursuit`.
 """
 
 from saetools.diagnostics.dark_matter.decompose import (

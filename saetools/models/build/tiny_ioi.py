@@ -1,6 +1,6 @@
 """Train the bundled ``tiny-ioi`` model from its seed.
 
-Run ``python -m saetools.models.train_tiny --out DIR`` (see ``--help``). The script trains the
+Run ``python -m saetools.models.build.tiny_ioi --out DIR`` (see ``--help``). The script trains the
 tokenizer and the model on the synthetic corpus of :mod:`saetools.models.corpus`, then writes
 ``model.safetensors``, ``config.json``, the tokenizer files and ``metrics.json`` to ``DIR``.
 ``scripts/build_bundled_models.py`` turns the metrics into the model card.
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saetools.models.corpus import CorpusConfig, generate_documents, tokenizer_training_text
+from saetools.models.corpus import CorpusConfig, generate_documents, pack_documents, tokenizer_training_text
 from saetools.models.tokenizer import SPECIAL_TOKEN, load_tokenizer, train_tokenizer
 
-__all__ = ["TrainConfig", "pack_documents", "make_optimizer", "warmup_cosine_lr", "train_step", "train_tiny_ioi"]
+__all__ = ["TrainConfig", "make_optimizer", "warmup_cosine_lr", "train_step", "train_tiny_ioi"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,32 +72,6 @@ class TrainConfig:
             raise ValueError("TrainConfig.ema_start must be in [0, steps)")
         if self.d_model % self.n_heads:
             raise ValueError("TrainConfig.d_model must be divisible by n_heads")
-
-
-def pack_documents(docs_ids: list[list[int]], *, n_ctx: int, bos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pack whole documents into rows ``BOS d1 BOS d2 ...``; pad the rest with BOS.
-
-    Returns ``(tokens, loss_mask)``, where ``loss_mask[r, t]`` says whether the prediction
-    *from* position ``t`` counts (padding positions do not).
-    """
-    rows: list[list[int]] = []
-    row: list[int] = []
-    for ids in docs_ids:
-        doc = [bos] + ids
-        if len(doc) > n_ctx:
-            continue
-        if len(row) + len(doc) > n_ctx:
-            rows.append(row)
-            row = []
-        row = row + doc
-    if row:
-        rows.append(row)
-    out = torch.full((len(rows), n_ctx), bos, dtype=torch.long)
-    mask = torch.zeros((len(rows), n_ctx), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r) - 1] = True
-    return out, mask
 
 
 def make_optimizer(model, *, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -28,11 +28,10 @@ from contextlib import contextmanager
 
 import torch
 from jaxtyping import Float
-from sae_lens.analysis.hooked_sae_transformer import _SAEWrapper, get_deep_attr, set_deep_attr
-from sae_lens.saes.sae import _disable_hooks
 from torch import Tensor
 
 from saetools.hooks import check_hook_names
+from saetools.sae_lens_compat import SAEWrapper, disable_sae_hooks, get_deep_attr, set_deep_attr
 
 __all__ = [
     "SAEShapeError",
@@ -77,12 +76,12 @@ def _validate(model, sae) -> None:
         )
 
 
-class _GradErrorWrapper(_SAEWrapper):
+class _GradErrorWrapper(SAEWrapper):
     """sae-lens's splice wrapper, but the error term keeps its gradient (SAEs only)."""
 
     def forward(self, original_output: Tensor) -> Tensor:
         sae_out = self.sae.decode(self.sae.encode(original_output))
-        with _disable_hooks(self.sae):  # the error is measured against the un-intervened SAE
+        with disable_sae_hooks(self.sae):  # the error is measured against the un-intervened SAE
             clean = self.sae.decode(self.sae.encode(original_output))
         error = original_output - clean
         mask = self._token_mask

@@ -55,6 +55,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from saetools.evals import flat_hook_z
+
 __all__ = [
     "DEFAULT_BANDS",
     "ZFData",
@@ -263,14 +265,12 @@ def zf_data(
     if acts.ndim != 2 or acts.shape[-1] != sae.cfg.d_in:
         raise ValueError(f"acts must be [n, d_in={sae.cfg.d_in}] (flatten heads for hook_z SAEs), "
                          f"got {tuple(acts.shape)}")
-    from saetools.evals import _flat_hook_z
-
     W = sae.W_dec.detach().double()
     dec_norms = W.norm(dim=-1)
     scale = 1 / dec_norms.clamp(min=1e-8) if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False) else None
     b_dec = sae.b_dec.detach().double()
     parts: list[ZFData] = []
-    with _flat_hook_z(sae):
+    with flat_hook_z(sae):
         for i in range(0, acts.shape[0], batch_size):
             x = acts[i : i + batch_size].to(sae.device, sae.dtype)
             f = sae.encode(x)

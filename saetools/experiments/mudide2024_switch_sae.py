@@ -18,16 +18,22 @@ with :func:`saetools.evaluate_saes` on the same held-out tokens:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from sae_lens import TopKTrainingSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from saetools.activations import collect_activations
 from saetools.diagnostics.geometry import geometry_table, group_similarity
 from saetools.evals import evaluate_saes
+from saetools.experiments.protocol import Profiles, subplots
+from saetools.models.text import corpus_tokens, dataset_tokens
 from saetools.saes.switch import (
     SwitchTrainingSAEConfig,
     decoder_flops_per_token,
@@ -35,16 +41,16 @@ from saetools.saes.switch import (
     load_balance_loss,
     masked_dense_forward,
 )
-from saetools.training import collect_activations, corpus_tokens, dataset_tokens, train_sae
+from saetools.training import train_sae
 
-__all__ = ["BALANCED_MAX_LOAD", "SwitchConfig", "SwitchResult", "check", "figures", "run"]
+__all__ = ["BALANCED_MAX_LOAD", "Config", "Result", "check", "figures", "run"]
 
 BALANCED_MAX_LOAD = 2.0
 """'Balanced' means the busiest expert gets at most this many times the uniform share ``1/N``."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class SwitchConfig:
+class Config(Profiles):
     """What to train and evaluate."""
 
     layer: int | None = None
@@ -54,8 +60,8 @@ class SwitchConfig:
     n_eval_documents: int = 100
     """Held-out documents (or dataset rows) for evaluation."""
     dataset: str | None = None
-    """A Hugging Face text dataset to take token rows from (:func:`saetools.training.dataset_tokens`);
-    ``None``: the bundled corpus (:func:`saetools.training.corpus_tokens`)."""
+    """A Hugging Face text dataset to take token rows from (:func:`saetools.models.text.dataset_tokens`);
+    ``None``: the bundled corpus (:func:`saetools.models.text.corpus_tokens`)."""
     width: int = 512
     """``M``: the TopK baseline's width, each FLOP-matched expert's width, the width-matched total."""
     k_values: tuple[int, ...] = (8, 16)
@@ -85,35 +91,44 @@ class SwitchConfig:
         for name in ("n_documents", "n_eval_documents", "width", "total_samples", "batch_size", "width_matched_k",
                      "balance_experts"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"SwitchConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"Config.{name} must be positive, got {getattr(self, name)}")
         for n in self.width_matched_experts + (self.balance_experts,):
             if self.width % n or self.width // n < self.width_matched_k:
-                raise ValueError(f"SwitchConfig: width={self.width} must split into {n} experts of at least "
+                raise ValueError(f"Config: width={self.width} must split into {n} experts of at least "
                                  f"width_matched_k={self.width_matched_k} latents")
         if max(self.k_values) > self.width:
-            raise ValueError(f"SwitchConfig.k_values must not exceed width={self.width}")
+            raise ValueError(f"Config.k_values must not exceed width={self.width}")
         if self.alpha < 0 or min(self.balance_alphas) < 0:
-            raise ValueError("SwitchConfig.alpha and balance_alphas must be >= 0")
+            raise ValueError("Config.alpha and balance_alphas must be >= 0")
 
-    @classmethod
-    def profile(cls, name: str) -> SwitchConfig:
-        """``"smoke"`` (CPU, under a minute on tiny-ioi) or ``"full"`` (GPT-2 scale, GPU)."""
-        if name == "smoke":
-            return cls()
-        if name == "full":
-            # the paper's hook is the output of GPT-2 block 8, i.e. blocks.9.hook_resid_pre
-            return cls(layer=9, n_documents=20_000, n_eval_documents=500, dataset="NeelNanda/pile-10k", width=24_576, k_values=(16, 32, 64, 128),
-                       flop_matched_experts=(2, 4, 8), width_matched_experts=(16, 32, 64), width_matched_k=64,
-                       balance_alphas=(0.0, 0.003, 0.03, 0.3, 3.0, 30.0), balance_experts=32,
-                       total_samples=50_000_000, batch_size=8192, lr=None)
-        raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {},
+        # the paper's hook is the output of GPT-2 block 8, i.e. blocks.9.hook_resid_pre
+        "full": {
+            "layer": 9,
+            "n_documents": 20_000,
+            "n_eval_documents": 500,
+            "dataset": "NeelNanda/pile-10k",
+            "width": 24_576,
+            "k_values": (16, 32, 64, 128),
+            "flop_matched_experts": (2, 4, 8),
+            "width_matched_experts": (16, 32, 64),
+            "width_matched_k": 64,
+            "balance_alphas": (0.0, 0.003, 0.03, 0.3, 3.0, 30.0),
+            "balance_experts": 32,
+            "total_samples": 50_000_000,
+            "batch_size": 8192,
+            "lr": None,
+        },
+    }
+    """Named configurations: ``"smoke"`` (CPU, under a minute on tiny-ioi) or ``"full"`` (GPT-2 scale, GPU)."""
 
 
 @dataclass
-class SwitchResult:
+class Result:
     """Everything the notebook shows."""
 
-    config: SwitchConfig
+    config: Config
     table: pd.DataFrame
     """One row per SAE: ``family`` (topk / flop / width / balance / routing), ``n_experts``, ``k``,
     ``alpha``, ``routing``, ``encoder_flops`` and ``flops`` (encoder + sparse decoder) per token,
@@ -134,7 +149,7 @@ class SwitchResult:
     meta: dict = field(default_factory=dict)
 
 
-def _runs(cfg: SwitchConfig) -> dict[str, dict]:
+def _runs(cfg: Config) -> dict[str, dict]:
     """name -> spec of every SAE to train (shared runs are trained once)."""
     m, kw = cfg.width, cfg.width_matched_k
     runs = {}
@@ -171,19 +186,18 @@ def _routing_stats(sae, x: torch.Tensor) -> tuple[dict, np.ndarray]:
              "min_load": n * load.min().item()}, load.numpy())
 
 
-def _tokens(model, cfg: SwitchConfig):
+def _tokens(model, cfg: Config):
     """Training and held-out token rows with their keep masks (BOS / padding left out)."""
     if cfg.dataset is None:
         return (*corpus_tokens(model, cfg.n_documents, seed=cfg.seed),
                 *corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000))
-    rows = dataset_tokens(model, cfg.dataset, n_rows=cfg.n_documents + cfg.n_eval_documents,
-                          context_size=min(128, model.cfg.n_ctx))  # the paper's context length
-    keep = rows != model.tokenizer.bos_token_id
+    rows, keep = dataset_tokens(model, cfg.dataset, n_rows=cfg.n_documents + cfg.n_eval_documents,
+                                context_size=min(128, model.cfg.n_ctx))  # the paper's context length
     n = cfg.n_documents
     return rows[:n], keep[:n], rows[n:], keep[n:]
 
 
-def run(model, cfg: SwitchConfig) -> SwitchResult:
+def run(model, cfg: Config) -> Result:
     """Train every SAE on the same activations, evaluate, measure routing and geometry."""
     t0 = time.perf_counter()
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
@@ -230,19 +244,17 @@ def run(model, cfg: SwitchConfig) -> SwitchResult:
         probe = eval_acts[:2000]
         diff = (saes[switch_name](probe) - masked_dense_forward(saes[switch_name], probe)[1]).abs().max()
         routed_vs_masked = (diff / probe.abs().max()).item()
-    return SwitchResult(config=cfg, table=table, loads=loads, load_history=history, geometry=geometry,
+    return Result(config=cfg, table=table, loads=loads, load_history=history, geometry=geometry,
                         inter_expert=inter, routed_vs_masked=routed_vs_masked, seconds=time.perf_counter() - t0,
                         meta={"hook_name": hook, "train_activations": int(acts.shape[0]),
                               "eval_activations": int(eval_acts.shape[0]), "config": asdict(cfg)})
 
 
-def figures(result: SwitchResult) -> dict:
+def figures(result: Result) -> dict[str, Figure]:
     """The headline figures (NOTES §3.4) as ``{name: matplotlib Figure}``: ``"flop_matched"``,
     ``"width_matched"``, ``"balance"``, ``"routing"``, ``"geometry"``."""
-    import matplotlib.pyplot as plt
-
     t, figs = result.table, {}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for n, g in t[t.family.isin(["topk", "flop"])].groupby("n_experts"):
         g = g.sort_values("l0")
         label = "TopK (width M)" if n == 1 else f"Switch, {n} experts of width M"
@@ -256,7 +268,7 @@ def figures(result: SwitchResult) -> dict:
     fig.tight_layout()
     figs["flop_matched"] = fig
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     w = t[t.family == "width"].sort_values("n_experts")
     topk = t[(t.family == "topk") & (t.k == result.config.width_matched_k)]
     for ax, col in zip(axes, ("fvu", "loss_recovered_zero")):
@@ -271,7 +283,7 @@ def figures(result: SwitchResult) -> dict:
     fig.tight_layout()
     figs["width_matched"] = fig
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    fig, axes = subplots(1, 3, figsize=(16, 4))
     b = t[t.family == "balance"].sort_values("alpha")
     for name, hist in result.load_history.items():
         axes[0].plot(hist, label=name)
@@ -292,7 +304,7 @@ def figures(result: SwitchResult) -> dict:
     fig.tight_layout()
     figs["balance"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     n = result.config.balance_experts
     r = t[(t.n_experts == n) & (t.alpha == result.config.alpha) & t.family.isin(["width", "routing"])]
     x = np.arange(len(r))
@@ -303,7 +315,7 @@ def figures(result: SwitchResult) -> dict:
     ax.legend(fontsize=8)
     figs["routing"] = fig
 
-    fig, axes = plt.subplots(1, 2 + len(result.inter_expert), figsize=(6 * (2 + len(result.inter_expert)), 4.5))
+    fig, axes = subplots(1, 2 + len(result.inter_expert), figsize=(6 * (2 + len(result.inter_expert)), 4.5))
     gm = result.geometry.merge(t[["sae", "n_experts", "k"]], left_on="name", right_on="sae")
     heat = gm[gm.family.isin(["topk", "flop"])].pivot_table(index="n_experts", columns="k", values="nn_cos_mean")
     im = axes[0].imshow(heat.values, cmap="viridis", aspect="auto")
@@ -334,7 +346,7 @@ PARETO_MIN_SAMPLES = 10_000_000
 profile's runs are far shorter, and each expert sees only 1/N of them)."""
 
 
-def check(result: SwitchResult) -> None:
+def check(result: Result) -> None:
     """The claims this run can support, measured on held-out tokens.
 
     * The routed forward equals the authors' dense-and-mask computation (relative 1e-5).

@@ -1,11 +1,15 @@
-"""Figures of :mod:`saetools.experiments.makelov` (Makelov, Lange & Nanda 2024, NOTES §2.9).
+"""Figures of :mod:`saetools.experiments.makelov2024_supervised_dictionaries` (Makelov, Lange & Nanda 2024, NOTES §2.9).
 
-Each function takes a :class:`saetools.experiments.makelov.Result` and returns a matplotlib
+Each function takes a :class:`saetools.experiments.makelov2024_supervised_dictionaries.Result` and returns a matplotlib
 figure whose axes name the metric's definition.
 """
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from saetools.experiments.protocol import subplots
 from saetools.tasks import ioi
 
 __all__ = ["figures", "plot_approximation", "plot_edits", "plot_interpretability", "plot_occlusion"]
@@ -13,11 +17,9 @@ __all__ = ["figures", "plot_approximation", "plot_edits", "plot_interpretability
 
 def plot_approximation(result):
     """Sufficiency and necessity per node set and dictionary (NOTES §2.4)."""
-    import matplotlib.pyplot as plt
-
     t = result.approximation
     sets = list(dict.fromkeys(t.nodes))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * len(t.dictionary.unique()) * len(sets) / 2 + 2.5), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(13, 0.5 * len(t.dictionary.unique()) * len(sets) / 2 + 2.5), sharey=True)
     for ax, col, title in ((axes[0], "sufficiency", "sufficiency = (LD_recon - LD_mean) / (LD_clean - LD_mean)"),
                            (axes[1], "necessity", "necessity = (LD_clean - LD_nec) / (LD_clean - LD_mean)")):
         piv = t.pivot_table(index="nodes", columns="dictionary", values=col, sort=False).loc[sets]
@@ -33,13 +35,11 @@ def plot_approximation(result):
 
 def plot_edits(result):
     """Edit accuracy (x) vs weight removed (y), interpretation-aware and -agnostic (NOTES §2.5)."""
-    import matplotlib.pyplot as plt
-
     e = result.edits
     sections = list(dict.fromkeys(e.section))
     colors = dict(zip(sections, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
     markers = dict(zip([v for v in e.dictionary.unique() if v not in ("none", "patch", "supervised")], "osD^v<>"))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharex=True, sharey=True)
+    fig, axes = subplots(1, 2, figsize=(14, 5), sharex=True, sharey=True)
     for ax, method, title in ((axes[0], "aware", "interpretation-aware (F1-guided), x = latents exchanged"),
                               (axes[1], "greedy", "interpretation-agnostic (greedy), x = latents exchanged")):
         for (sec, var), g in e[e.method == method].groupby(["section", "dictionary"], sort=False):
@@ -65,10 +65,8 @@ def plot_edits(result):
 
 def plot_interpretability(result):
     """Best-latent F1 per attribute value and mean-max cosine with supervised codes, per SAE variant (NOTES §2.6)."""
-    import matplotlib.pyplot as plt
-
     attrs = list(ioi.ATTRIBUTES)
-    fig, axes = plt.subplots(2, len(attrs), figsize=(14, 6.5))
+    fig, axes = subplots(2, len(attrs), figsize=(14, 6.5))
     for j, attr in enumerate(attrs):
         for v, g in result.f1[result.f1.attribute == attr].groupby("variant", sort=False):
             axes[0, j].hist(g.f1, bins=20, range=(0, 1), histtype="step", lw=1.5, label=v)
@@ -89,11 +87,9 @@ def plot_occlusion(result):
     """Left: the toy sweep (best F1 of each attribute vs alpha/beta). Middle and right: real nodes,
     code-norm ratio vs best latent F1 (all SAE variants) and vs the supervised single-node edit
     accuracy (NOTES §2.8). Drawn with :mod:`saetools.widgets.makelov`'s figures."""
-    import matplotlib.pyplot as plt
-
     from saetools.widgets.makelov import occlusion_figure, toy_occlusion_figure
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig, axes = subplots(1, 3, figsize=(17, 4.5))
     toy_occlusion_figure(result.toy.table, ax=axes[0])
     occlusion_figure(result.occlusion, y="best_f1", ax=axes[1])
     per_node = result.occlusion.drop_duplicates(["node", "attribute"])
@@ -103,7 +99,7 @@ def plot_occlusion(result):
     return fig
 
 
-def figures(result) -> dict:
+def figures(result) -> dict[str, Figure]:
     """Every headline figure: ``{"approximation", "edits", "interpretability", "occlusion"}``."""
     return {"approximation": plot_approximation(result), "edits": plot_edits(result),
             "interpretability": plot_interpretability(result), "occlusion": plot_occlusion(result)}

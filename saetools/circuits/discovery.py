@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from saetools import ablation, patching
+from saetools.circuits import ablation, patching
 from saetools.data import load_words
 from saetools.hooks import scoped_hooks
 from saetools.tasks import ioi
@@ -38,7 +38,6 @@ __all__ = [
     "Faithfulness",
     "ablated_logit_diff",
     "attention_scores",
-    "attribute_patching",
     "classify_heads",
     "copying_scores",
     "discover_circuit",
@@ -74,7 +73,7 @@ class Circuit:
         return tuple(head) in set(self.heads)
 
     def with_role(self, role: str, heads: Sequence[Head]) -> Circuit:
-        """A copy with ``role`` set to ``heads`` (e.g. heads found by :func:`attribute_patching`)."""
+        """A copy with ``role`` set to ``heads`` (e.g. heads found by :func:`saetools.dictionaries.attribute_patching`)."""
         return Circuit(roles={**self.roles, role: tuple(tuple(h) for h in heads)}, name=self.name)
 
     def to_frame(self) -> pd.DataFrame:
@@ -339,7 +338,7 @@ def ablated_logit_diff(model, batch: ioi.IOIBatch, heads: Sequence[Head], replac
     """Mean logit difference with ``heads`` ablated (scoped hooks; END logits only)."""
     with scoped_hooks(model, ablation.head_ablation_hooks(heads, replacements)):
         resid = model(batch.tokens, stop_at_layer=model.cfg.n_layers)
-    return float(patching.end_logit_diff(model, resid, batch).mean())
+    return float(ioi.logit_diff_from_resid(model, resid, batch).mean())
 
 
 @torch.no_grad()
@@ -367,46 +366,3 @@ def faithfulness(
         circuit_ablated=ablated_logit_diff(model, clean, heads, reps),
         all_ablated=ablated_logit_diff(model, clean, every, reps),
     )
-
-
-@torch.no_grad()
-def attribute_patching(model, batch: ioi.IOIBatch, attribute: str, *, position: str = "END", seed: int = 0,
-                       names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Which heads carry an attribute: patch one head's ``z`` at ``position`` from the
-    counterfactual prompt that changes ``attribute`` (``"io"``, ``"s"`` or ``"pos"``,
-    :func:`saetools.tasks.ioi.counterfactual`), one head at a time, batched over prompts.
-
-    Uses :class:`saetools.dictionaries.NodeRunner`, so with equal-length prompts and
-    ``position="END"`` each patch re-runs only the END token.
-
-    Returns:
-        One row per head: ``layer, head, changed`` (fraction of prompts whose top END prediction
-        changes), ``logit_diff`` (mean clean-answer logit difference after the patch) and
-        ``logit_diff_clean``. Heads with a large ``changed`` but no direct effect on the logits
-        carry the attribute to later components (e.g. the bundled model's IO movers).
-    """
-    from saetools.dictionaries.nodes import Node, NodeRunner, node_acts
-
-    if attribute not in ioi.ATTRIBUTES:
-        raise ValueError(f"attribute must be one of {ioi.ATTRIBUTES}, got {attribute!r}")
-    if position not in ioi.POSITIONS:
-        raise ValueError(f"position must be one of {ioi.POSITIONS}, got {position!r}")
-    names = names if names is not None else ioi.single_token_words(model, load_words("names"))
-    cf = ioi.render(model, ioi.counterfactual(batch.spec, attribute, seed=seed, names=names))
-    if cf.tokens.shape != batch.tokens.shape:
-        raise ValueError("counterfactual prompts tokenize to a different layout; use single-token words")
-    heads = [Node(l, "z", position, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    src = node_acts(model, cf, heads)
-    runner = NodeRunner(model, batch)
-    clean_end = runner({})
-
-    def ld(end):
-        return float((end.gather(1, batch.io_ids[:, None]) - end.gather(1, batch.s_ids[:, None])).mean())
-
-    out = []
-    for node in heads:
-        end = runner({node: src[node]})
-        out.append({"layer": node.layer, "head": node.head,
-                    "changed": float((end.argmax(-1) != clean_end.argmax(-1)).float().mean()),
-                    "logit_diff": ld(end), "logit_diff_clean": ld(clean_end)})
-    return pd.DataFrame(out)

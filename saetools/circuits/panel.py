@@ -4,7 +4,7 @@
 functions of data); it calls :meth:`IOIBackend.run` and draws the :class:`IOIRun` it returns.
 Ablation is mean ablation over the ABC distribution (Wang et al. 2022), averaged over
 prompts *and positions*, so that it applies to a prompt of any length (the per-template,
-per-position means of :mod:`saetools.ablation` need a known template).
+per-position means of :mod:`saetools.circuits.ablation` need a known template).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from saetools import ablation, patching
+from saetools.circuits import ablation, patching
 from saetools.data import load_words
-from saetools.hooks import scoped_hooks
+from saetools.hooks import check_heads, scoped_hooks
 from saetools.tasks import ioi
 
 __all__ = ["IOIRun", "IOIBackend"]
@@ -87,7 +87,7 @@ class IOIBackend:
             raise ValueError("empty prompt: type an IOI prompt such as "
                              "'Then, Mary and John went to the store. John gave a ring to'")
         ablated = tuple((int(l), int(h)) for l, h in ablated)
-        patching._check_heads(self.model, ablated)
+        check_heads(self.model, ablated)
         tokens = self.model.to_tokens(text, prepend_bos=True)
         pat_names = [f"blocks.{l}.attn.hook_pattern" for l in range(self.n_layers)]
         store: dict[str, Tensor] = {}

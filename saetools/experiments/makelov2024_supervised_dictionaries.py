@@ -4,7 +4,7 @@
 
 1. **nodes** from the model's circuit -- GPT-2: the Wang et al. heads the paper uses; a bundled
    model: its own discovered circuit (:func:`saetools.circuits.discover_circuit`), plus the
-   heads that carry IO to END without a direct effect (:func:`saetools.circuits.attribute_patching`,
+   heads that carry IO to END without a direct effect (:func:`saetools.dictionaries.attribute_patching`,
    role ``io_mover``) -- grouped into cross-sections (role x attribute);
 2. **supervised dictionaries** per node (mean codes) fitted on the "full" prompt distribution.
    Per node, the parametrization -- independent ``{IO, S, Pos}`` or coupled ``{(IO, Pos), (S, Pos)}``
@@ -20,14 +20,15 @@
    the held-out halves): **approximation** (sufficiency, necessity per cross-section),
    **control** (edit accuracy and weight removed, supervised vs SAE, both SAE edit methods),
    **interpretability** (best-latent F1 per attribute value, grouped F1, mean-max cosine);
-5. **occlusion** and **over-splitting** (:mod:`saetools.diagnostics.occlusion`).
+5. **occlusion** and **over-splitting** (:mod:`saetools.dictionaries.occlusion`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,17 +36,11 @@ import torch
 
 from saetools import circuits
 from saetools.data import load_words
-from saetools.diagnostics.occlusion import (
-    ToyOcclusionConfig,
-    node_edit_accuracy,
-    occlusion_table,
-    over_splitting,
-    toy_occlusion_sweep,
-)
 from saetools.dictionaries import (
     CrossSection,
     NodeRunner,
     approximation,
+    attribute_patching,
     attribute_values,
     cross_sections,
     edit_cross_section,
@@ -58,20 +53,28 @@ from saetools.dictionaries import (
     shared_residual,
 )
 from saetools.dictionaries.ioi_saes import IOISAEConfig, train_node_saes
-from saetools.experiments.makelov_checks import (
+from saetools.dictionaries.occlusion import (
+    ToyOcclusionConfig,
+    node_edit_accuracy,
+    occlusion_table,
+    over_splitting,
+    toy_occlusion_sweep,
+)
+from saetools.experiments.makelov2024_checks import (
     CARRY_MIN,
     EDIT_ACCURACY_MIN,
     SUFFICIENCY_MIN,
     check,
     edit_targets,
 )
-from saetools.experiments.makelov_figures import (
+from saetools.experiments.makelov2024_figures import (
     figures,
     plot_approximation,
     plot_edits,
     plot_interpretability,
     plot_occlusion,
 )
+from saetools.experiments.protocol import Profiles
 from saetools.tasks import ioi
 
 __all__ = ["CARRY_MIN", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "Config", "Result", "check", "edit_targets", "figures",
@@ -79,7 +82,7 @@ __all__ = ["CARRY_MIN", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "Config", "Resul
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(Profiles):
     """What to build and evaluate."""
 
     circuit: Literal["discover", "wang2022"] = "discover"
@@ -110,7 +113,7 @@ class Config:
     ns_greedy: tuple[int, ...] = (2, 4, 8, 16)
     """Latents exchanged by interpretation-agnostic edits."""
     toy: ToyOcclusionConfig = field(default_factory=ToyOcclusionConfig)
-    """The occlusion toy sweep (:func:`saetools.diagnostics.occlusion.toy_occlusion_sweep`)."""
+    """The occlusion toy sweep (:func:`saetools.dictionaries.occlusion.toy_occlusion_sweep`)."""
     n_playground: int = 6
     """Prompts offered by the edit playground."""
     seed: int = 0
@@ -127,20 +130,30 @@ class Config:
         if not self.kinds or any(k not in ("q", "k", "v", "z") for k in self.kinds):
             raise ValueError(f"Config.kinds must be head activations among q, k, v, z, got {self.kinds}")
 
-    @classmethod
-    def profile(cls, name: str) -> Config:
-        """``"smoke"`` (bundled model, CPU, about a minute) or ``"full"`` (GPT-2, GPU)."""
-        if name == "smoke":
-            # 5,000 prompts: about 39 per joint (name, Pos) value of the coupled tables with 64 names,
-            # like the default's 32 with 157 names; with 1,500 (12 per value) the noise of the coupled
-            # codes alone cost 6 points of sufficiency at tiny-ioi's io_mover node (0.862 vs 0.926).
-            return cls(max_heads_per_role=1, n_names=64, n_train=5000, n_eval=200, ns_aware=(1, 4), ns_greedy=(2, 8),
-                       saes=IOISAEConfig(epochs=30, batch_size=256, lr=1e-2, expansion=4),
-                       toy=ToyOcclusionConfig(ratios=(0.5, 0.8, 1.0, 1.25, 2.0), n_train=4096, n_eval=2048, epochs=6))
-        if name == "full":
-            return cls(circuit="wang2022", io_mover_threshold=0.0, kinds=("z", "q"), n_train=20_000, n_eval=5000,
-                       saes=IOISAEConfig(epochs=2000))
-        raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # 5,000 prompts: about 39 per joint (name, Pos) value of the coupled tables with 64 names,
+        # like the default's 32 with 157 names; with 1,500 (12 per value) the noise of the coupled
+        # codes alone cost 6 points of sufficiency at tiny-ioi's io_mover node (0.862 vs 0.926).
+        "smoke": {
+            "max_heads_per_role": 1,
+            "n_names": 64,
+            "n_train": 5000,
+            "n_eval": 200,
+            "ns_aware": (1, 4),
+            "ns_greedy": (2, 8),
+            "saes": IOISAEConfig(epochs=30, batch_size=256, lr=1e-2, expansion=4),
+            "toy": ToyOcclusionConfig(ratios=(0.5, 0.8, 1.0, 1.25, 2.0), n_train=4096, n_eval=2048, epochs=6),
+        },
+        "full": {
+            "circuit": "wang2022",
+            "io_mover_threshold": 0.0,
+            "kinds": ("z", "q"),
+            "n_train": 20_000,
+            "n_eval": 5000,
+            "saes": IOISAEConfig(epochs=2000),
+        },
+    }
+    """Named configurations: ``"smoke"`` (bundled model, CPU, about a minute) or ``"full"`` (GPT-2, GPU)."""
 
 
 @dataclass
@@ -186,7 +199,7 @@ class Result:
     """``{"clean" | attribute: IOIBatch}``."""
     occlusion: pd.DataFrame = None
     """Per ``variant, node, attribute``: code-norm ratio vs best latent F1 and single-node edit
-    accuracies (:func:`saetools.diagnostics.occlusion.occlusion_table`)."""
+    accuracies (:func:`saetools.dictionaries.occlusion.occlusion_table`)."""
     over_splitting: dict = None
     """``{(f"{variant} {node}", "pos"): OverSplitting}`` for the binary attribute Pos."""
     toy: object = None
@@ -215,7 +228,7 @@ def _discover(model, cfg: Config, names, eval_batch, io_targets) -> tuple[circui
     circuit = circuits.discover_circuit(model, clean).circuit
     patched = None
     if cfg.io_mover_threshold > 0:
-        patched = circuits.attribute_patching(model, eval_batch, "io", seed=cfg.seed + 7, names=io_targets)
+        patched = attribute_patching(model, eval_batch, "io", seed=cfg.seed + 7, names=io_targets)
         movers = patched[patched.changed >= cfg.io_mover_threshold].sort_values("changed", ascending=False)
         heads = [(int(l), int(h)) for l, h in zip(movers.layer, movers["head"]) if (l, h) not in circuit]
         if heads:
@@ -417,7 +430,7 @@ def run(model, cfg: Config) -> Result:
     saes = train_node_saes(train_acts, replace(cfg.saes, seed=cfg.seed))
     runner = NodeRunner(model, clean)
     end = runner({})
-    clean_ld = float((end.gather(1, clean.io_ids[:, None]) - end.gather(1, clean.s_ids[:, None])).mean())
+    clean_ld = float(ioi.end_logit_diff(end, clean).mean())
     # approximation, once per distinct node set
     rows, skipped = [], {}
     for node_set in dict.fromkeys(s.nodes for s in sections):

@@ -1,8 +1,8 @@
 """AFA, ZF plots, epsilon_LBO and top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277; NOTES §1).
 
-Three parts, all on quantities defined once in :mod:`saetools.afa` and :mod:`saetools.evals`:
+Three parts, all on quantities defined once in :mod:`saetools.diagnostics.afa` and :mod:`saetools.evals`:
 
-1. **Toy ground truth** (NOTES §1.6): :class:`saetools.toy.ToySuperposition` with a knob on how
+1. **Toy ground truth** (NOTES §1.6): :class:`saetools.diagnostics.toy.ToySuperposition` with a knob on how
    far from orthogonal the true feature directions are. The true dictionary's epsilon_LBO is 0
    for orthonormal directions and grows with the overlap; the AFA bound of NOTES §1.2 holds
    token by token (``eps_LBO`` with the exact ``l1`` denominator never exceeds the true
@@ -20,22 +20,28 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from sae_lens import BatchTopKTrainingSAEConfig, TopKTrainingSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from saetools.afa import ZFData, afa, eps_lbo_table, sae_input_space, zf_data, zf_data_from_codes
+from saetools.activations import collect_activations
+from saetools.diagnostics.afa import ZFData, afa, eps_lbo_table, sae_input_space, zf_data, zf_data_from_codes
+from saetools.diagnostics.toy import ToyConfig, ToySuperposition
 from saetools.evals import evaluate_saes
+from saetools.experiments.protocol import Profiles, subplots
+from saetools.models.text import corpus_tokens
 from saetools.saes import load_bundled_sae, load_pretrained_sae, load_sae, save_sae
 from saetools.saes.topafa import TopAFATrainingSAEConfig
-from saetools.toy import ToyConfig, ToySuperposition
-from saetools.training import collect_activations, corpus_tokens, train_sae
+from saetools.training import train_sae
 
-__all__ = ["PAPER_LAYER6", "Lee2025Config", "Lee2025Result", "check", "figures", "nmse_standardised", "run",
+__all__ = ["PAPER_LAYER6", "Config", "Result", "check", "figures", "nmse_standardised", "run",
            "toy_bounds"]
 
 PAPER_LAYER6 = pd.DataFrame(
@@ -49,7 +55,7 @@ PAPER_LAYER6 = pd.DataFrame(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Lee2025Config:
+class Config(Profiles):
     """What to generate, train and evaluate."""
 
     layer: int | None = None
@@ -84,7 +90,7 @@ class Lee2025Config:
     toy_h: int = 48
     """Toy features for the overlap sweep (``< toy_d``: the coherence equals the overlap exactly)."""
     toy_overlaps: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-    """Pairwise cosine of the toy directions (:attr:`saetools.toy.ToyConfig.overlap`)."""
+    """Pairwise cosine of the toy directions (:attr:`saetools.diagnostics.toy.ToyConfig.overlap`)."""
     toy_superposition_h: int = 512
     """Features of an extra toy in superposition (random unit directions, ``h > d``; its firing
     probability is scaled by ``toy_h / toy_superposition_h`` to keep the same L0); 0: none."""
@@ -99,46 +105,53 @@ class Lee2025Config:
         for name in ("n_documents", "n_eval_documents", "d_sae", "total_samples", "batch_size", "toy_d", "toy_h",
                      "toy_samples"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"Lee2025Config.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"Config.{name} must be positive, got {getattr(self, name)}")
         if not self.k_values and not self.afa_coefficients:
-            raise ValueError("Lee2025Config: k_values and afa_coefficients are both empty; nothing to train")
+            raise ValueError("Config: k_values and afa_coefficients are both empty; nothing to train")
         if any(c < 0 for c in self.afa_coefficients):
-            raise ValueError(f"Lee2025Config.afa_coefficients must be >= 0, got {self.afa_coefficients}")
+            raise ValueError(f"Config.afa_coefficients must be >= 0, got {self.afa_coefficients}")
         if self.afa_coefficients and not self.standardise:
-            raise ValueError("Lee2025Config.standardise must name at least one top-AFA variant (True / False)")
+            raise ValueError("Config.standardise must name at least one top-AFA variant (True / False)")
         if sorted(self.toy_overlaps) != list(self.toy_overlaps) or not all(0 <= o < 1 for o in self.toy_overlaps):
-            raise ValueError(f"Lee2025Config.toy_overlaps must be increasing values in [0, 1), got {self.toy_overlaps}")
+            raise ValueError(f"Config.toy_overlaps must be increasing values in [0, 1), got {self.toy_overlaps}")
         if len(self.toy_overlaps) < 2 or self.toy_overlaps[0] != 0:
-            raise ValueError("Lee2025Config.toy_overlaps must start at 0 and hold at least two values")
+            raise ValueError("Config.toy_overlaps must start at 0 and hold at least two values")
         if self.toy_h >= self.toy_d:
-            raise ValueError(f"Lee2025Config.toy_h ({self.toy_h}) must be < toy_d ({self.toy_d}) so that the "
+            raise ValueError(f"Config.toy_h ({self.toy_h}) must be < toy_d ({self.toy_d}) so that the "
                              "toy coherence equals the overlap")
 
-    @classmethod
-    def profile(cls, name: str) -> Lee2025Config:
-        """``"smoke"`` (CPU, under a minute) or ``"full"`` (GPT-2 small layer 8, GPU; NOTES §1.4)."""
-        if name == "smoke":
-            return cls()
-        if name == "full":
-            return cls(layer=8, n_documents=40_000, n_eval_documents=1000, d_sae=12_288, total_samples=20_000_000,
-                       batch_size=4096, lr=3e-4, k_values=(32, 128, 512, 2048),
-                       afa_coefficients=(1 / 128, 1 / 64, 1 / 32, 1 / 16), bundled=(),
-                       pretrained=(("gpt2-small-res-jb", "blocks.8.hook_resid_pre"),), toy_samples=20_000)
-        raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {},
+        "full": {
+            "layer": 8,
+            "n_documents": 40_000,
+            "n_eval_documents": 1000,
+            "d_sae": 12_288,
+            "total_samples": 20_000_000,
+            "batch_size": 4096,
+            "lr": 3e-4,
+            "k_values": (32, 128, 512, 2048),
+            "afa_coefficients": (1 / 128, 1 / 64, 1 / 32, 1 / 16),
+            "bundled": (),
+            "pretrained": (("gpt2-small-res-jb", "blocks.8.hook_resid_pre"),),
+            "toy_samples": 20_000,
+        },
+    }
+    """Named configurations: ``"smoke"`` (CPU, under a minute) or ``"full"`` (GPT-2 small layer 8, GPU; NOTES §1.4)."""
 
 
 @dataclass
-class Lee2025Result:
+class Result:
     """Everything the notebook shows."""
 
-    config: Lee2025Config
+    config: Config
     toy: pd.DataFrame
     """One row per toy (:func:`toy_bounds`)."""
     toy_zf: dict[str, ZFData]
     """AFA quantities of each toy's true dictionary and codes."""
     table: pd.DataFrame
     """One row per SAE: ``family``, ``param``, ``standardised``, the :func:`evaluate_saes` columns,
-    ``nmse_standardised`` and the :func:`saetools.afa.eps_lbo_table` columns (prefixed ``zf_``)."""
+    ``nmse_standardised`` and the :func:`saetools.diagnostics.afa.eps_lbo_table` columns (prefixed ``zf_``)."""
     zf: dict[str, ZFData]
     """AFA quantities of every SAE on the held-out activations."""
     afa_target: pd.DataFrame
@@ -175,7 +188,7 @@ def toy_bounds(toy: ToySuperposition, n: int, *, seed: int, name: str) -> tuple[
     }, data
 
 
-def _toys(cfg: Lee2025Config) -> tuple[pd.DataFrame, dict[str, ZFData]]:
+def _toys(cfg: Config) -> tuple[pd.DataFrame, dict[str, ZFData]]:
     rows, zfs = [], {}
     specs = [(f"overlap {o:g}", ToyConfig(d=cfg.toy_d, h=cfg.toy_h, overlap=o, seed=cfg.seed,
                                           firing_probability=cfg.toy_firing_probability)) for o in cfg.toy_overlaps]
@@ -193,7 +206,7 @@ def _lam(c: float) -> str:
     return f"1/{round(1 / c)}" if c > 0 and abs(1 / c - round(1 / c)) < 1e-6 else f"{c:g}"
 
 
-def _train_configs(cfg: Lee2025Config, d_in: int, hook: str) -> dict[str, tuple[str, object, bool, object]]:
+def _train_configs(cfg: Config, d_in: int, hook: str) -> dict[str, tuple[str, object, bool, object]]:
     common = {"d_in": d_in, "d_sae": cfg.d_sae, "metadata": SAEMetadata(hook_name=hook)}
     scaled = {**common, "normalize_activations": "expected_average_only_in"}
     out = {}
@@ -226,7 +239,7 @@ def _afa_target(name: str, sae, x: torch.Tensor, standardised: bool) -> dict:
             "target_cv": (t.std() / t.mean()).item(), "input_norm_cv": (raw.std() / raw.mean()).item()}
 
 
-def _reference_saes(cfg: Lee2025Config, hook: str, d_in: int, meta: dict) -> dict:
+def _reference_saes(cfg: Config, hook: str, d_in: int, meta: dict) -> dict:
     out, skipped = {}, []
     for name in cfg.bundled:
         sae = load_bundled_sae(name)
@@ -240,7 +253,7 @@ def _reference_saes(cfg: Lee2025Config, hook: str, d_in: int, meta: dict) -> dic
     return out
 
 
-def run(model, cfg: Lee2025Config) -> Lee2025Result:
+def run(model, cfg: Config) -> Result:
     """Toy bounds, then train every architecture on the same activations, convert, evaluate and ZF-plot."""
     t0 = time.perf_counter()
     toy, toy_zf = _toys(cfg)
@@ -271,16 +284,14 @@ def run(model, cfg: Lee2025Config) -> Lee2025Result:
     table = table.join(zf_table, on="sae")
     afa_target = pd.DataFrame([_afa_target(n, saes[n], eval_acts, info[n][2]) for n in saes
                                if info[n][0] == "topafa"])
-    return Lee2025Result(config=cfg, toy=toy, toy_zf=toy_zf, table=table, zf=zf, afa_target=afa_target,
+    return Result(config=cfg, toy=toy, toy_zf=toy_zf, table=table, zf=zf, afa_target=afa_target,
                          seconds=time.perf_counter() - t0, meta={**meta, "config": asdict(cfg)})
 
 
-def figures(result: Lee2025Result) -> dict:
+def figures(result: Result) -> dict[str, Figure]:
     """``{"toy_zf", "zf", "violin", "frontier"}``: toy ZF plots, ZF plots of the SAEs, paired violins
     (reconstruction error | epsilon_LBO), and nMSE / loss recovered vs L0 with top-AFA's k histogram."""
-    import matplotlib.pyplot as plt
-
-    from saetools.afa import zf_plot, zf_violin_plot
+    from saetools.diagnostics.afa import zf_plot, zf_violin_plot
 
     toy_names = list(result.toy_zf)
     pick = [toy_names[0], toy_names[len(result.config.toy_overlaps) // 2], toy_names[len(result.config.toy_overlaps) - 1]]
@@ -288,7 +299,7 @@ def figures(result: Lee2025Result) -> dict:
     figs = {"toy_zf": zf_plot({n: result.toy_zf[n] for n in pick}, ncols=4),
             "zf": zf_plot(result.zf, ncols=4), "violin": zf_violin_plot(result.zf)}
     t = result.table
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    fig, axes = subplots(1, 3, figsize=(16, 4))
     for fam, g in t[~t.family.str.endswith("(reference)")].groupby(["family", "standardised"]):
         g = g.sort_values("l0")
         label = fam[0] + (" (standardised)" if fam[1] else "")
@@ -311,7 +322,7 @@ def figures(result: Lee2025Result) -> dict:
     return figs
 
 
-def check(result: Lee2025Result) -> None:
+def check(result: Result) -> None:
     """The notebook's claims, measured (raises AssertionError with the numbers).
 
     Toy (true dictionaries, noise-free):

@@ -23,24 +23,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saetools.models.corpus import generate_documents
-from saetools.models.train_tiny import make_optimizer, train_step, warmup_cosine_lr
+from saetools.models.corpus import long_document, long_document_tokens
+from saetools.models.build.tiny_ioi import make_optimizer, train_step, warmup_cosine_lr
 
 __all__ = [
     "RotaryTrainConfig",
-    "KEY_PREFIX",
-    "passkey",
-    "long_document",
-    "long_document_tokens",
     "training_rows",
     "random_window_rows",
     "rotary_config",
     "train_tiny_rotary",
 ]
-
-KEY_PREFIX = " The key is"
-"""Text before the passkey digits, in both the statement and the recall."""
-
 
 @dataclass(frozen=True, kw_only=True)
 class RotaryTrainConfig:
@@ -83,51 +75,6 @@ class RotaryTrainConfig:
             raise ValueError("RotaryTrainConfig.d_model / n_heads must be an even integer (rotary pairs)")
         if not 0.0 <= self.passkey_rate <= 1.0:
             raise ValueError("RotaryTrainConfig.passkey_rate must be in [0, 1]")
-
-
-def passkey(rng: np.random.Generator) -> str:
-    """A random five-digit passkey (first digit non-zero)."""
-    return str(int(rng.integers(10_000, 100_000)))
-
-
-def long_document(n_sentences: int, *, seed: int, passkey_rate: float = 0.3) -> str:
-    """A long document: corpus sentences without breaks, with passkey statements and recalls.
-
-    Each sentence slot starts a passkey statement with probability ``passkey_rate``; the
-    same key is recalled after 0-2 further sentences, so the recall is always within a short
-    distance of its statement (well inside the training length).
-    """
-    if n_sentences <= 0:
-        raise ValueError(f"n_sentences must be positive, got {n_sentences}")
-    rng = np.random.default_rng(seed)
-    sentences = generate_documents(n_sentences, seed=int(rng.integers(1 << 31)))
-    out: list[str] = []
-    pending: list[tuple[int, str]] = []  # (sentences until recall, key)
-    for s in sentences:
-        if not pending and rng.random() < passkey_rate:
-            key = passkey(rng)
-            out.append(f"{KEY_PREFIX} {key}.")
-            pending.append((int(rng.integers(0, 3)), key))
-        out.append(" " + s)
-        if pending:
-            wait, key = pending[0]
-            if wait == 0:
-                out.append(f"{KEY_PREFIX} {key}.")
-                pending.clear()
-            else:
-                pending[0] = (wait - 1, key)
-    return "".join(out)
-
-
-def long_document_tokens(tokenizer, n_tokens: int, *, seed: int, passkey_rate: float = 0.3) -> torch.Tensor:
-    """``[n_tokens]`` token ids: BOS followed by the start of a seeded :func:`long_document`."""
-    n_sentences = max(4, n_tokens // 12)  # sentences average ~20 tokens; retry if short
-    while True:
-        text = long_document(n_sentences, seed=seed, passkey_rate=passkey_rate)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= n_tokens - 1:
-            return torch.tensor([tokenizer.bos_token_id] + ids[: n_tokens - 1], dtype=torch.long)
-        n_sentences *= 2
 
 
 def training_rows(tokenizer, n_rows: int, *, n_ctx: int, seed: int, passkey_rate: float) -> torch.Tensor:

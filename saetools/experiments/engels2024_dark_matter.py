@@ -5,31 +5,34 @@ with :func:`saetools.train_sae` (``source="train"``), or sae-lens's GPT-2 featur
 series (``source="pretrained"``, NOTES §4.4). On held-out tokens (early positions dropped,
 :func:`~saetools.diagnostics.dark_matter.position_mask`) each SAE's error is split into its
 linear prediction from ``x`` and the rest (:mod:`saetools.diagnostics.dark_matter`), each
-token is re-encoded by gradient pursuit at the SAE's own L0 (:mod:`saetools.pursuit`), and the
+token is re-encoded by gradient pursuit at the SAE's own L0 (:mod:`saetools.diagnostics.dark_matter.pursuit`), and the
 parts are spliced back into the model. One fit/eval split serves every regression.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from saetools.diagnostics import dark_matter as dm
-from saetools.pursuit import sae_gradient_pursuit
+from saetools.diagnostics.dark_matter.pursuit import sae_gradient_pursuit
+from saetools.experiments.protocol import Profiles, subplots
 
-__all__ = ["NORM_GAP", "DarkMatterConfig", "DarkMatterResult", "check", "figure_downstream", "figure_predictability",
+__all__ = ["NORM_GAP", "Config", "Result", "check", "figure_downstream", "figure_predictability",
            "figure_scaling", "figures", "run"]
 
 FEATURE_SPLITTING = tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288, 24576, 49152, 98304))
 
 
 @dataclass(frozen=True, kw_only=True)
-class DarkMatterConfig:
+class Config(Profiles):
     """What to analyse."""
 
     source: Literal["train", "pretrained"] = "train"
@@ -72,7 +75,7 @@ class DarkMatterConfig:
     drops 10 of 512 on GPT-2, 200 of 1024 on Gemma)."""
     pursuit_variant: Literal["nonzero", "persistent"] = "nonzero"
     """Gradient pursuit's selected set: the dark-matter authors' recomputed ``w != 0`` set, or a
-    persistent one (:mod:`saetools.pursuit`)."""
+    persistent one (:mod:`saetools.diagnostics.dark_matter.pursuit`)."""
     pursuit_max_elements: int = 2**25
     """Memory bound of one pursuit chunk (floats)."""
     noise_ablate_fractions: tuple[float, ...] = (0.0, 0.5)
@@ -86,37 +89,40 @@ class DarkMatterConfig:
         for name in ("k", "prev_width", "n_train_documents", "total_samples", "batch_size", "n_rows",
                      "context_size", "n_documents", "n_splice_rows", "pursuit_max_elements"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"DarkMatterConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"Config.{name} must be positive, got {getattr(self, name)}")
         if self.source not in ("train", "pretrained"):
-            raise ValueError(f"DarkMatterConfig.source must be 'train' or 'pretrained', got {self.source!r}")
+            raise ValueError(f"Config.source must be 'train' or 'pretrained', got {self.source!r}")
         series = self.widths if self.source == "train" else self.pretrained_ids
         if len(series) < 3:
-            raise ValueError("DarkMatterConfig needs >= 3 SAEs in the series (widths or pretrained_ids) "
+            raise ValueError("Config needs >= 3 SAEs in the series (widths or pretrained_ids) "
                              "to fit a power law plus constant")
         if self.source == "train" and (list(self.widths) != sorted(set(self.widths)) or min(self.widths) <= self.k):
-            raise ValueError(f"DarkMatterConfig.widths must be increasing and above k={self.k}, got {self.widths}")
+            raise ValueError(f"Config.widths must be increasing and above k={self.k}, got {self.widths}")
         if self.drop_first < 0:
-            raise ValueError(f"DarkMatterConfig.drop_first must be >= 0, got {self.drop_first}")
+            raise ValueError(f"Config.drop_first must be >= 0, got {self.drop_first}")
         if self.pursuit_variant not in ("nonzero", "persistent"):
-            raise ValueError(f"DarkMatterConfig.pursuit_variant must be 'nonzero' or 'persistent', "
+            raise ValueError(f"Config.pursuit_variant must be 'nonzero' or 'persistent', "
                              f"got {self.pursuit_variant!r}")
 
-    @classmethod
-    def profile(cls, name: str) -> DarkMatterConfig:
-        """``"smoke"`` (the bundled model on a CPU, under a minute) or ``"full"`` (GPT-2, a GPU)."""
-        if name == "smoke":
-            return cls()
-        if name == "full":
-            return cls(source="pretrained", drop_first=10, pursuit_max_elements=2**28, n_splice_rows=512,
-                       noise_ablate_fractions=(0.0, 0.25, 0.5), noise_sigmas=(0.0, 0.5, 1.0))
-        raise ValueError(f"unknown profile {name!r}: use 'smoke' or 'full'")
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {},
+        "full": {
+            "source": "pretrained",
+            "drop_first": 10,
+            "pursuit_max_elements": 2**28,
+            "n_splice_rows": 512,
+            "noise_ablate_fractions": (0.0, 0.25, 0.5),
+            "noise_sigmas": (0.0, 0.5, 1.0),
+        },
+    }
+    """Named configurations: ``"smoke"`` (the bundled model on a CPU, under a minute) or ``"full"`` (GPT-2, a GPU)."""
 
 
 @dataclass
-class DarkMatterResult:
+class Result:
     """Everything the notebook shows."""
 
-    config: DarkMatterConfig
+    config: Config
     """The configuration run."""
     table: pd.DataFrame
     """One row per SAE (by width): L0, FVUs of Sae / Sae + LinearError / Sae + NonlinearError /
@@ -145,7 +151,7 @@ class DarkMatterResult:
     """Hook names, token counts, the config as a dict."""
 
 
-def _series(model, cfg: DarkMatterConfig, hook: str, prev_hook: str) -> tuple[list, object]:
+def _series(model, cfg: Config, hook: str, prev_hook: str) -> tuple[list, object]:
     """The width series and the previous layer's SAE."""
     if cfg.source == "pretrained":
         from saetools.saes import load_pretrained_sae
@@ -156,7 +162,9 @@ def _series(model, cfg: DarkMatterConfig, hook: str, prev_hook: str) -> tuple[li
     from sae_lens import TopKTrainingSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from saetools.training import collect_activations, corpus_tokens, train_sae
+    from saetools.activations import collect_activations
+    from saetools.models.text import corpus_tokens
+    from saetools.training import train_sae
 
     tokens, keep = corpus_tokens(model, cfg.n_train_documents, seed=cfg.seed)
     out = {}
@@ -171,13 +179,12 @@ def _series(model, cfg: DarkMatterConfig, hook: str, prev_hook: str) -> tuple[li
     return saes, out[(prev_hook, cfg.prev_width)]
 
 
-def _analysis_tokens(model, cfg: DarkMatterConfig):
+def _analysis_tokens(model, cfg: Config):
     if cfg.source == "pretrained":
-        from saetools.training import dataset_tokens
+        from saetools.models.text import dataset_tokens
 
-        tokens = dataset_tokens(model, cfg.dataset, n_rows=cfg.n_rows, context_size=cfg.context_size)
-        return tokens, torch.ones_like(tokens, dtype=torch.bool)
-    from saetools.training import corpus_tokens
+        return dataset_tokens(model, cfg.dataset, n_rows=cfg.n_rows, context_size=cfg.context_size)
+    from saetools.models.text import corpus_tokens
 
     return corpus_tokens(model, cfg.n_documents, seed=cfg.seed + 10_000)
 
@@ -187,7 +194,7 @@ def _trend(widths: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return slope, float(values[-1] / values[0] - 1)
 
 
-def run(model, cfg: DarkMatterConfig) -> DarkMatterResult:
+def run(model, cfg: Config) -> Result:
     """Build or load the width series, decompose each SAE's error, fit, pursue and splice."""
     t0 = time.perf_counter()
     if cfg.source == "pretrained":
@@ -195,7 +202,7 @@ def run(model, cfg: DarkMatterConfig) -> DarkMatterResult:
     else:
         layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
     if not 1 <= layer < model.cfg.n_layers:
-        raise ValueError(f"DarkMatterConfig.layer must be in [1, {model.cfg.n_layers}) (the previous layer "
+        raise ValueError(f"Config.layer must be in [1, {model.cfg.n_layers}) (the previous layer "
                          f"feeds the component regressions), got {layer}")
     hook, prev = f"blocks.{layer}.hook_resid_pre", f"blocks.{layer - 1}.hook_resid_pre"
     parts = {"attn z": f"blocks.{layer - 1}.attn.hook_z", "attn out": f"blocks.{layer - 1}.hook_attn_out",
@@ -247,7 +254,7 @@ def run(model, cfg: DarkMatterConfig) -> DarkMatterResult:
     components = dm.component_regressions(sources, targets, fit_idx, eval_idx)
     noise = dm.noise_injection(saes[-1], x, ablate_fractions=cfg.noise_ablate_fractions,
                                act_sigmas=cfg.noise_sigmas, recon_sigmas=cfg.noise_sigmas, seed=cfg.seed)
-    return DarkMatterResult(
+    return Result(
         config=cfg, table=table, power_law=law, regions=regions, trend=trend, norm_r2=r,
         norm_r2_with_nonlinear=r_nl, norm_excerpt=norms[:, :100].numpy(), components=components, noise=noise,
         seconds=time.perf_counter() - t0,
@@ -256,13 +263,11 @@ def run(model, cfg: DarkMatterConfig) -> DarkMatterResult:
               "config": asdict(cfg)})
 
 
-def figure_scaling(result: DarkMatterResult):
+def figure_scaling(result: Result):
     """FVU vs width with the power-law fits, and the stacked absent / linear / nonlinear / encoder regions."""
-    import matplotlib.pyplot as plt
-
     t, law = result.table, result.power_law
     grid = np.geomspace(t.width.min(), t.width.max(), 100)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, axes = subplots(1, 2, figsize=(13, 4.2))
     for col, label in (("fvu_sae", "Sae"), ("fvu_sae_linear", "Sae + LinearError"),
                        ("fvu_pursuit_linear", "pursuit + its LinearError"), ("fvu_pursuit", "pursuit")):
         axes[0].plot(t.width, t[col], "o", label=label)
@@ -285,13 +290,11 @@ def figure_scaling(result: DarkMatterResult):
     return fig
 
 
-def figure_predictability(result: DarkMatterResult):
+def figure_predictability(result: Result):
     """Vector vs norm R^2, the cross-width R^2 matrix, the gain from ||NonlinearError||, per-token norms."""
-    import matplotlib.pyplot as plt
-
     t = result.table
     labels = [str(w) for w in t.width]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    fig, axes = subplots(1, 4, figsize=(20, 4.2))
     pos = np.arange(len(t))
     axes[0].bar(pos - 0.2, t.vector_r2, 0.4, label="vector R² (mean over dims)")
     axes[0].bar(pos + 0.2, t.norm_r2, 0.4, label="norm R² (||SaeError||² from x)")
@@ -316,11 +319,9 @@ def figure_predictability(result: DarkMatterResult):
     return fig
 
 
-def figure_downstream(result: DarkMatterResult):
+def figure_downstream(result: Result):
     """Earlier-component regressions, spliced CE, and the synthetic noise-injection model."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(19, 4.2))
+    fig, axes = subplots(1, 3, figsize=(19, 4.2))
     comp = result.components.pivot(index="source", columns="target", values="vector_r2")
     comp = comp.loc[list(dict.fromkeys(result.components.source))]
     comp.plot.barh(ax=axes[0])
@@ -342,7 +343,7 @@ def figure_downstream(result: DarkMatterResult):
     return fig
 
 
-def figures(result: DarkMatterResult) -> dict:
+def figures(result: Result) -> dict[str, Figure]:
     """All three figures by name."""
     return {"scaling": figure_scaling(result), "predictability": figure_predictability(result),
             "downstream": figure_downstream(result)}
@@ -352,7 +353,7 @@ NORM_GAP = 0.1
 """How far norm R^2 must sit above vector R^2 at every width for "well above"."""
 
 
-def check(result: DarkMatterResult) -> None:
+def check(result: Result) -> None:
     """The notebook's claims, measured on the held-out half.
 
     * Norm R^2 is well above vector R^2 (by ``NORM_GAP``) at every width; the linear prediction

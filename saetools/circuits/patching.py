@@ -10,7 +10,7 @@ Appendix B) in the form ARENA and Makelov et al. (2024) use them (``shared/paper
   logits (the senders' direct effect).
 
 Every function takes a *clean* batch and a *corrupted* batch with the same token layout (the
-default corruption is the ABC counterpart of :func:`saetools.ablation.abc_counterpart`; any
+default corruption is the ABC counterpart of :func:`saetools.circuits.ablation.abc_counterpart`; any
 :func:`saetools.tasks.ioi.counterfactual` works). Semantic positions are looked up *per
 prompt*, in each batch separately, so ABB and BAB prompts are patched at the right tokens even
 when the corrupted prompt swaps them. Prompts are batched: there is a Python loop over layers
@@ -33,16 +33,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saetools import incremental
-from saetools.ablation import abc_counterpart
+from saetools.circuits import incremental
+from saetools.circuits.ablation import abc_counterpart
 from saetools.data import load_words
-from saetools.hooks import scoped_hooks
+from saetools.hooks import check_heads, scoped_hooks
 from saetools.tasks import ioi
 
 __all__ = [
     "Head",
     "default_corruption",
-    "end_logit_diff",
     "patch_resid",
     "patch_heads",
     "path_patch",
@@ -112,9 +111,6 @@ def _copy_hook(src: Tensor, base_pos: Tensor | None, src_pos: Tensor | None, hea
     return hook
 
 
-end_logit_diff = ioi.logit_diff_from_resid
-
-
 def _run_ld(model, base: ioi.IOIBatch, hooks, *, start_resid: Tensor | None = None, start_layer: int = 0) -> Tensor:
     """Per-prompt logit difference of ``base`` under ``hooks`` (scoped; removed even on error).
 
@@ -127,7 +123,7 @@ def _run_ld(model, base: ioi.IOIBatch, hooks, *, start_resid: Tensor | None = No
             resid = model(base.tokens, stop_at_layer=model.cfg.n_layers)
         else:
             resid = model(start_resid, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers)
-    return end_logit_diff(model, resid, base)
+    return ioi.logit_diff_from_resid(model, resid, base)
 
 
 def _with_answers(batch: ioi.IOIBatch, clean: ioi.IOIBatch) -> ioi.IOIBatch:
@@ -147,7 +143,7 @@ class _Runs:
             resid, cache = model.run_with_cache(
                 batch.tokens, names_filter=lambda n: n in keep, stop_at_layer=model.cfg.n_layers
             )
-            caches[key] = (cache, end_logit_diff(model, resid, _with_answers(batch, clean)))
+            caches[key] = (cache, ioi.logit_diff_from_resid(model, resid, _with_answers(batch, clean)))
         self.clean_ld = float(caches["clean"][1].mean())
         self.corrupted_ld = float(caches["corrupted"][1].mean())
         base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
@@ -240,7 +236,7 @@ def patch_heads(
         raise ValueError(f"component must be 'z', 'q', 'k' or 'v', got {component!r}")
     corrupted = _check_pair(model, clean, corrupted, seed)
     heads = _all_heads(model) if heads is None else [(int(l), int(h)) for l, h in heads]
-    _check_heads(model, heads)
+    check_heads(model, heads)
     if incremental.unsupported(model) is None:
         return _patch_heads_incremental(model, clean, corrupted, component, _as_positions(positions), heads, direction)
     hook_of = {layer: f"blocks.{layer}.attn.hook_{component}" for layer, _ in heads}
@@ -257,7 +253,7 @@ def patch_heads(
 
 
 def _patch_heads_incremental(model, clean, corrupted, component, positions, heads, direction) -> pd.DataFrame:
-    """:func:`patch_heads` rerunning only what each patch can change (:mod:`saetools.incremental`).
+    """:func:`patch_heads` rerunning only what each patch can change (:mod:`saetools.circuits.incremental`).
 
     One run of the clean prompts up to END; the corrupted cache reruns only from the first
     token where the prompts differ; each head patch reruns its layer and the later ones only from the
@@ -271,8 +267,8 @@ def _patch_heads_incremental(model, clean, corrupted, component, positions, head
     cache_clean = incremental.full_cache(model, clean.tokens.to(dev), end)
     cache_corr = incremental.counterpart_cache(model, cache_clean, clean.tokens.to(dev), corrupted.tokens.to(dev), end)
     resid = cache_clean[f"blocks.{n - 1}.hook_resid_post"]
-    clean_ld = float(end_logit_diff(model, resid, clean).mean())
-    corrupted_ld = float(end_logit_diff(model, cache_corr[f"blocks.{n - 1}.hook_resid_post"],
+    clean_ld = float(ioi.logit_diff_from_resid(model, resid, clean).mean())
+    corrupted_ld = float(ioi.logit_diff_from_resid(model, cache_corr[f"blocks.{n - 1}.hook_resid_post"],
                                         _with_answers(corrupted, clean)).mean())
     if direction == "denoise":
         base, base_batch, src, src_batch = cache_corr, corrupted, cache_clean, clean
@@ -293,26 +289,12 @@ def _patch_heads_incremental(model, clean, corrupted, component, positions, head
             w = incremental.window(start if layer < n - 1 else end, end)
             x = incremental.forward_from(model, base, layer, w, override={name: patched})
             rows.append({"layer": layer, "head": head, "component": component, "position": position,
-                         "logit_diff": float(_ld_at_end(model, x, clean).mean())})
+                         "logit_diff": float(ioi.end_resid_logit_diff(model, x, clean).mean())})
     return _frame(rows, clean_ld, corrupted_ld, direction)
-
-
-def _ld_at_end(model, x_end: Tensor, clean: ioi.IOIBatch) -> Tensor:
-    """Per-prompt logit difference (clean IO vs S) from the final residual stream at END."""
-    at_end = {"END": torch.zeros(len(clean), dtype=torch.long, device=x_end.device)}
-    batch = ioi.IOIBatch(clean.spec, clean.texts, clean.tokens, clean.io_ids, clean.s_ids, at_end)
-    return end_logit_diff(model, x_end[:, None], batch)
 
 
 def _all_heads(model) -> list[Head]:
     return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
-
-
-def _check_heads(model, heads: Sequence[Head]) -> None:
-    bad = [(l, h) for l, h in heads if not (0 <= l < model.cfg.n_layers and 0 <= h < model.cfg.n_heads)]
-    if bad:
-        raise ValueError(f"heads {bad} do not exist: the model has {model.cfg.n_layers} layers x "
-                         f"{model.cfg.n_heads} heads (layer and head indices start at 0)")
 
 
 @torch.no_grad()
@@ -352,12 +334,12 @@ def path_patch(
     if receiver_input not in ("q", "k", "v"):
         raise ValueError(f"receiver_input must be 'q', 'k' or 'v', got {receiver_input!r}")
     recv = [] if to_logits else [(int(l), int(h)) for l, h in receivers]
-    _check_heads(model, recv)
+    check_heads(model, recv)
     last = n_layers if to_logits else max(l for l, _ in recv)
     if senders is None:
         senders = [(l, h) for l, h in _all_heads(model) if l < last]
     senders = [(int(l), int(h)) for l, h in senders]
-    _check_heads(model, senders)
+    check_heads(model, senders)
     too_late = [(l, h) for l, h in senders if not to_logits and l >= last]
     if too_late:
         raise ValueError(f"senders {too_late} are not before the last receiver layer {last}")

@@ -1,6 +1,6 @@
-"""Checks of :mod:`saetools.experiments.makelov` (issue 5's targets and the notebook's claims).
+"""Checks of :mod:`saetools.experiments.makelov2024_supervised_dictionaries` (issue 5's targets and the notebook's claims).
 
-Each takes a :class:`saetools.experiments.makelov.Result`; :func:`check` raises AssertionError
+Each takes a :class:`saetools.experiments.makelov2024_supervised_dictionaries.Result`; :func:`check` raises AssertionError
 with the measured numbers.
 """
 

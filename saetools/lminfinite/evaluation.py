@@ -23,7 +23,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from saetools.lminfinite import LMInfiniteConfig, lean_attention, lm_infinite
+from saetools.lminfinite.attention import LMInfiniteConfig, lean_attention, lm_infinite
+from saetools.models.corpus import KEY_PREFIX, long_document_tokens
 
 __all__ = [
     "VARIANTS",
@@ -140,8 +141,6 @@ def passkey_batch(tokenizer, length: int, n: int, *, gap: int, seed: int) -> tup
     first statement ends ``gap`` tokens before the recall starts. Returns ``(tokens, digits)``:
     ``tokens`` ``[n, length]`` and ``digits`` ``[n, 5]``, the positions of the recalled digits.
     """
-    from saetools.models.train_rotary import KEY_PREFIX, long_document_tokens
-
     rng = np.random.default_rng(seed)
     rows, digit_pos = [], []
     for r in range(n):

@@ -8,14 +8,17 @@ notebook ``07_han2023_lm_infinite.ipynb`` and by ``scripts/build_rotary_model.py
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
+from saetools.experiments.protocol import Profiles, subplots
 from saetools.lminfinite import LMInfiniteConfig
-from saetools.lminfinite_eval import (
+from saetools.lminfinite.evaluation import (
     VARIANTS,
     attention_entropy,
     binned_nll,
@@ -24,21 +27,20 @@ from saetools.lminfinite_eval import (
     time_and_memory,
     variant_config,
 )
+from saetools.models.corpus import long_document, long_document_tokens
 
-__all__ = ["ReproConfig", "Reproduction", "run", "check", "target_status", "figures", "mask_only_demo"]
-
-_SIZES = {
-    "smoke": dict(n_docs=2, n_passkey=10, memory_lengths=(256, 512, 1024, 2048)),
-    "full": dict(n_docs=16, n_passkey=50, memory_lengths=(512, 1024, 2048, 4096)),
-}
-
+__all__ = ["Config", "Result", "run", "check", "target_status", "figures", "mask_only_demo"]
 
 @dataclass(frozen=True, kw_only=True)
-class ReproConfig:
+class Config(Profiles):
     """What to measure."""
 
-    profile: Literal["smoke", "full"] = "smoke"
-    """``"smoke"``: about a minute on CPU; ``"full"``: more documents and passkey prompts."""
+    n_docs: int = 2
+    """Evaluation documents, each ``max_factor`` x the training length."""
+    n_passkey: int = 10
+    """Passkey prompts per length and variant."""
+    memory_lengths: tuple[int, ...] = (256, 512, 1024, 2048)
+    """Lengths at which forward time and peak memory are measured (those above ``n_ctx`` are skipped)."""
     n_global: int = 4
     """Global-branch size of the method (the paper uses 10-100 at 2k-4k training length)."""
     n_local: int | None = None
@@ -50,25 +52,33 @@ class ReproConfig:
     seed: int = 0
     """Seeds the evaluation documents and passkeys."""
 
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {},
+        "full": {"n_docs": 16, "n_passkey": 50, "memory_lengths": (512, 1024, 2048, 4096)},
+    }
+    """Named configurations: ``"smoke"`` (about a minute on a CPU) or ``"full"`` (more documents
+    and passkey prompts)."""
+
     def __post_init__(self) -> None:
-        if self.profile not in _SIZES:
-            raise ValueError(f"ReproConfig.profile must be one of {list(_SIZES)}, got {self.profile!r}")
+        for name in ("n_docs", "n_passkey"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Config.{name} must be positive")
         if self.n_global < 0:
-            raise ValueError("ReproConfig.n_global must be >= 0")
+            raise ValueError("Config.n_global must be >= 0")
         if self.max_factor < 2:
-            raise ValueError("ReproConfig.max_factor must be >= 2")
+            raise ValueError("Config.max_factor must be >= 2")
 
 
 @dataclass
-class Reproduction:
+class Result:
     """Measured results (every number in the notebook and the model card comes from here)."""
 
     config: dict
-    """The :class:`ReproConfig` as a dict, plus the resolved ``train_ctx`` and ``n_local``."""
+    """The :class:`Config` as a dict, plus the resolved ``train_ctx`` and ``n_local``."""
     nll: pd.DataFrame
     """Per-position NLL: columns ``variant``, ``position`` (of the context's last token), ``nll``."""
     nll_bins: pd.DataFrame
-    """Binned NLL (see :func:`~saetools.lminfinite_eval.binned_nll`) with a ``variant`` column."""
+    """Binned NLL (see :func:`~saetools.lminfinite.evaluation.binned_nll`) with a ``variant`` column."""
     entropy: pd.DataFrame
     """Attention entropy: columns ``variant``, ``length``, ``entropy`` (nats)."""
     passkey: pd.DataFrame
@@ -89,13 +99,13 @@ class Reproduction:
         return pd.DataFrame(rows).set_index("variant")
 
 
-def _resolve(model, cfg: ReproConfig) -> tuple[int, int, int]:
+def _resolve(model, cfg: Config) -> tuple[int, int, int]:
     if model.cfg.positional_embedding_type != "rotary":
         raise ValueError("the LM-Infinite reproduction needs a rotary model (e.g. 'tiny-rotary'); "
                          "on absolute-position models only the mask-only demonstration applies")
     train_ctx = model.cfg.train_seq_length
     if train_ctx is None and cfg.n_local is None:
-        raise ValueError("model.cfg.train_seq_length is unset: pass ReproConfig(n_local=...)")
+        raise ValueError("model.cfg.train_seq_length is unset: pass Config(n_local=...)")
     train_ctx = train_ctx or cfg.n_local
     n_local = cfg.n_local or train_ctx
     max_len = min(cfg.max_factor * train_ctx, model.cfg.n_ctx)
@@ -103,15 +113,12 @@ def _resolve(model, cfg: ReproConfig) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def run(model, cfg: ReproConfig = ReproConfig()) -> Reproduction:
+def run(model, cfg: Config = Config()) -> Result:
     """Measure everything on ``model`` (rotary; its tokenizer is used for the documents)."""
-    from saetools.models.train_rotary import long_document_tokens
-
-    sizes = _SIZES[cfg.profile]
     train_ctx, n_local, max_len = _resolve(model, cfg)
     tok = model.tokenizer
     docs = torch.stack([long_document_tokens(tok, max_len, seed=cfg.seed + 1000 + i)
-                        for i in range(sizes["n_docs"])])
+                        for i in range(cfg.n_docs)])
     nll_rows, bins = [], []
     for v in VARIANTS:
         vcfg = variant_config(v, n_local=n_local, n_global=cfg.n_global)
@@ -124,19 +131,19 @@ def run(model, cfg: ReproConfig = ReproConfig()) -> Reproduction:
            for v, c in (("vanilla", None), ("both", both))]
     gap = cfg.passkey_gap or 3 * train_ctx // 8
     pk_lengths = [n for n in lengths if n >= 2 * gap]
-    pk = [passkey_accuracy(model, tok, pk_lengths, c, n=sizes["n_passkey"], gap=gap, seed=cfg.seed)
+    pk = [passkey_accuracy(model, tok, pk_lengths, c, n=cfg.n_passkey, gap=gap, seed=cfg.seed)
           .assign(variant=v) for v, c in (("vanilla", None), ("both", both))]
-    mem_lengths = [n for n in sizes["memory_lengths"] if n <= model.cfg.n_ctx]
+    mem_lengths = [n for n in cfg.memory_lengths if n <= model.cfg.n_ctx]
     cost = time_and_memory(model, mem_lengths, both, seed=cfg.seed)
-    return Reproduction(
+    return Result(
         config={**asdict(cfg), "train_ctx": train_ctx, "n_local": n_local, "max_len": max_len,
-                "passkey_gap": gap, "n_docs": sizes["n_docs"], "n_passkey": sizes["n_passkey"]},
+                "passkey_gap": gap, "n_docs": cfg.n_docs, "n_passkey": cfg.n_passkey},
         nll=pd.concat(nll_rows, ignore_index=True), nll_bins=pd.concat(bins, ignore_index=True),
         entropy=pd.concat(ent, ignore_index=True), passkey=pd.concat(pk, ignore_index=True), cost=cost,
     )
 
 
-def target_status(result: Reproduction, *, tolerance: float = 0.10) -> dict:
+def target_status(result: Result, *, tolerance: float = 0.10) -> dict:
     """Issue 9's target: LM-Infinite ("both") NLL within ``tolerance`` of its in-length NLL at
     every factor. Returns ``{"met": bool, "worst_ratio": float, "worst_factor": float}``
     (measured, never asserted: see :func:`check` for what is asserted)."""
@@ -147,7 +154,7 @@ def target_status(result: Reproduction, *, tolerance: float = 0.10) -> dict:
             "worst_factor": float(ratio.idxmax()), "tolerance": tolerance}
 
 
-def check(result: Reproduction, *, tolerance: float = 0.10, margin: float = 2.0) -> None:
+def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0) -> None:
     """The claims that the reproduction supports, on measured numbers; raises ``AssertionError``.
 
     * vanilla NLL at the largest factor rises above ``(1 + tolerance)`` x its in-length NLL;
@@ -174,26 +181,25 @@ def check(result: Reproduction, *, tolerance: float = 0.10, margin: float = 2.0)
     assert growth > 1.5, f"full-attention peak memory should grow faster than linear: {full.to_dict()}"
 
 
-def figures(result: Reproduction):
-    """Four matplotlib figures: NLL vs position, entropy vs length, passkey, time and memory."""
-    import matplotlib.pyplot as plt
-
+def figures(result: Result) -> dict[str, Figure]:
+    """``{"nll", "entropy", "passkey", "cost"}``: NLL vs position, attention entropy vs length,
+    passkey accuracy vs length, time and peak memory of the lean path vs full attention."""
     L = result.config["train_ctx"]
-    fig1, ax = plt.subplots(figsize=(7, 4))
+    fig1, ax = subplots(figsize=(7, 4))
     for v, g in result.nll_bins.groupby("variant", sort=False):
         ax.plot(g.hi / L, g.nll, marker="o", label=v)
     ax.axvline(1, color="grey", ls=":", label="training length")
     ax.set(xscale="log", xlabel="context position / training length (bin end)",
            ylabel="mean NLL (nats) of the next token", title="Per-position NLL past the training length")
     ax.legend()
-    fig2, ax = plt.subplots(figsize=(6, 3.5))
+    fig2, ax = subplots(figsize=(6, 3.5))
     for v, g in result.entropy.groupby("variant", sort=False):
         ax.plot(g.length, g.entropy, marker="o", label=v)
     ax.axvline(L, color="grey", ls=":")
     ax.set(xscale="log", xlabel="sequence length", ylabel="entropy (nats)",
            title="Attention entropy -sum p log p of the last queries (mean over heads, layers)")
     ax.legend()
-    fig3, ax = plt.subplots(figsize=(6, 3.5))
+    fig3, ax = subplots(figsize=(6, 3.5))
     for v, g in result.passkey.groupby("variant", sort=False):
         ax.plot(g.length, g.accuracy, marker="o", label=v)
     ax.axvline(L, color="grey", ls=":")
@@ -201,7 +207,7 @@ def figures(result: Reproduction):
            ylabel="accuracy (all 5 digits top-1)",
            title=f"Passkey stated {result.config['passkey_gap']} tokens before its recall")
     ax.legend()
-    fig4, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig4, axes = subplots(1, 2, figsize=(10, 3.5))
     for p, g in result.cost.groupby("path", sort=False):
         axes[0].plot(g.length, g.seconds, marker="o", label=p)
         axes[1].plot(g.length, g.peak_mb, marker="o", label=p)
@@ -212,7 +218,7 @@ def figures(result: Reproduction):
     fig4.suptitle("Full attention vs the lean Lambda path")
     for f in (fig1, fig2, fig3, fig4):
         f.tight_layout()
-    return [fig1, fig2, fig3, fig4]
+    return {"nll": fig1, "entropy": fig2, "passkey": fig3, "cost": fig4}
 
 
 @torch.no_grad()
@@ -229,8 +235,6 @@ def mask_only_demo(model, *, n_global: int = 4, n_local: int | None = None, n_do
     import warnings
 
     from saetools.lminfinite import AbsolutePositionWarning
-    from saetools.models.train_rotary import long_document
-
     n = model.cfg.n_ctx
     n_local = n_local or n // 4
     texts = [long_document(n // 4, seed=seed + 2000 + i, passkey_rate=0.0) for i in range(n_docs)]

@@ -1,11 +1,14 @@
-"""Activation stores: SAE training data in memory or streamed from ``.npy`` shards on disk.
+"""Activations for SAE training: collected from a model, kept in memory or streamed from
+``.npy`` shards on disk.
+
+:func:`collect_activations` reads one hook over token rows, one row per token.
 
 An :class:`ActivationStore` is a list of ``[rows, d_in]`` shards: one tensor in memory, or
 memory-mapped ``.npy`` files (``np.load(mmap_mode="r")``) for runs larger than memory, so
 only the rows of the current batch are read. Batches come from a seeded index stream that
 never touches data, which makes resuming at batch ``k`` free (:meth:`ActivationStore.batches`
 with ``start=k``). With one shard the stream is a global shuffle per epoch (identical to
-:func:`saetools.training.activation_batches`); with many it shuffles the shard order and the
+:func:`activation_batches`); with many it shuffles the shard order and the
 rows within each shard, like sae-lens's mixing buffer.
 """
 
@@ -19,8 +22,67 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
-__all__ = ["ActivationStore"]
+from saetools.hooks import check_hook_names
+
+__all__ = ["ActivationStore", "activation_batches", "collect_activations"]
+
+
+@torch.no_grad()
+def collect_activations(
+    model,
+    tokens: Int[Tensor, "batch pos"],
+    hook_name: str,
+    *,
+    batch_size: int = 64,
+    drop_bos: bool = True,
+    mask: Tensor | None = None,
+) -> Float[Tensor, "n d"]:
+    """Activations of ``hook_name`` over ``tokens``, flattened to one row per token.
+
+    Args:
+        model: a TransformerLens model.
+        tokens: token ids ``[batch, pos]``.
+        hook_name: e.g. ``"blocks.2.hook_resid_pre"``; head hooks (``hook_z``) are flattened
+            to ``n_heads * d_head`` as sae-lens's ``reshape_activations="hook_z"`` expects.
+        batch_size: prompts per forward pass.
+        drop_bos: leave out position 0 (BOS activations are outliers).
+        mask: optional boolean ``[batch, pos]`` selecting which tokens to keep.
+    """
+    check_hook_names(model, [hook_name])
+    layer = int(hook_name.split(".")[1]) if hook_name.startswith("blocks.") else None
+    out = []
+    for i in tqdm(range(0, tokens.shape[0], batch_size), desc=f"collect {hook_name}", leave=False):
+        chunk = tokens[i : i + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(
+            chunk, names_filter=hook_name, stop_at_layer=None if layer is None else layer + 1
+        )
+        act = cache[hook_name]
+        if act.ndim == 4:  # [batch, pos, head, d_head]
+            act = act.flatten(-2)
+        keep = torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
+        if drop_bos:
+            keep[:, 0] = False
+        if mask is not None:
+            keep &= mask[i : i + batch_size].to(act.device)
+        out.append(act[keep].float().cpu())
+    return torch.cat(out)
+
+
+
+
+def activation_batches(
+    acts: Float[Tensor, "n d"], batch_size: int, *, seed: int, device: str | torch.device = "cpu"
+) -> Iterator[Tensor]:
+    """Endless stream of shuffled batches, reshuffled each epoch from a seeded generator."""
+    if acts.shape[0] < batch_size:
+        raise ValueError(f"need at least batch_size={batch_size} activations, got {acts.shape[0]}")
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(acts.shape[0], generator=gen)
+        for i in range(0, acts.shape[0] - batch_size + 1, batch_size):
+            yield acts[perm[i : i + batch_size]].to(device)
 
 
 class ActivationStore:
@@ -77,8 +139,6 @@ class ActivationStore:
             batch_size: prompts per forward pass.
             drop_bos: leave out position 0.
         """
-        from saetools.training import collect_activations
-
         if path is None:
             return cls.in_memory(collect_activations(model, tokens, hook_name, batch_size=batch_size,
                                                      drop_bos=drop_bos), hook_name=hook_name)
