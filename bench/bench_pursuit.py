@@ -1,7 +1,7 @@
 """Gradient pursuit: the batched implementation vs the per-token reference loop, same run.
 
 Both encode the same tokens with the same dictionary at the same heterogeneous per-token L0
-(NOTES §4.3), first on a small problem, then on the bundled SAE's decoder
+(docs/engels2024_dark_matter.md), first on a small problem, then on the bundled SAE's decoder
 (``resid2-topk16``, 1024 latents x 128 dims) with tiny-ioi activations. The results are
 compared (max weight difference) before the times are trusted.
 

@@ -2,7 +2,7 @@
 ``train_sae`` vs sae-lens's plain ``SAETrainer`` loop on the same data.
 
 Usage: ``python bench/bench_sae_training.py [--d-in 768 --d-sae 16384 --batch 4096 --steps 5]``
-(the issue's target shape; defaults shrink to a CPU-sized job when no GPU is present).
+(the GPU target shape; defaults shrink to a CPU-sized job when no GPU is present).
 
 FLOPs per step of a standard SAE, counting only the four dense matmuls:
 forward ``2 B d_in d_sae`` (encode) + ``2 B d_in d_sae`` (decode), backward twice that:

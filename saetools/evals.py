@@ -1,6 +1,6 @@
 """SAE evaluation: one call, one tidy row per SAE, every metric defined once.
 
-Definitions follow NOTES.md §0.1 item 4 and §5.4 and, where sae-lens computes the same
+Definitions follow docs/README.md item 4 and §5.4 and, where sae-lens computes the same
 quantity (``sae_lens.evals.run_evals``, v6.54.12), its current convention; the tests in
 ``tests/test_evals.py`` prove agreement on the same SAE and tokens. Notation: ``x`` is the
 activation at the SAE's hook for one token, ``x_hat`` its reconstruction, ``f`` the latents;
@@ -58,7 +58,7 @@ def explained_variance(x: X, x_hat: X) -> float:
     """``1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)``; FVU is ``1 -`` this.
 
     The variance is the total variance about the mean (sae-lens >= 6.45.1
-    ``explained_variance``, NOTES §0.1: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2).
+    ``explained_variance``, docs/README.md: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2).
     """
     x, x_hat = x.double(), x_hat.double()
     var = x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum()
@@ -88,7 +88,7 @@ def l2_ratio(x: X, x_hat: X) -> float:
 
 
 def gamma_saelens(x: X, x_hat: X) -> float:
-    """``E ||x_hat||^2 / E [x_hat . x]`` = argmin_g E||x_hat / g - x||^2 (Gated SAEs paper v1, NOTES §5.4).
+    """``E ||x_hat||^2 / E [x_hat . x]`` = argmin_g E||x_hat / g - x||^2 (Gated SAEs paper v1, docs/shrinkage.md).
 
     sae-lens's ``relative_reconstruction_bias``; < 1 means shrinkage.
     """
@@ -97,7 +97,7 @@ def gamma_saelens(x: X, x_hat: X) -> float:
 
 
 def gamma_proj(x: X, x_hat: X) -> float:
-    """``E [x_hat . x] / E ||x||^2`` = argmin_g E||x_hat - g x||^2 (corrected definition, NOTES §5.4)."""
+    """``E [x_hat . x] / E ||x||^2`` = argmin_g E||x_hat - g x||^2 (corrected definition, docs/shrinkage.md)."""
     x, x_hat = x.double(), x_hat.double()
     return ((x_hat * x).sum(-1).mean() / x.pow(2).sum(-1).mean()).item()
 

@@ -5,7 +5,7 @@
 model has exactly the SAEs, hook-point modules and hooks it had before (the very same objects,
 not re-created copies, unlike sae-lens's ``model.saes``).
 
-Two things sae-lens leaves out (ECOSYSTEM.md §0 item 6, §5.2 items 8-9):
+Two things sae-lens's ``HookedSAETransformer`` leaves out:
 
 * one uniform ``use_error_term`` for every run mode: inside ``splice`` the plain forward,
   ``run_with_cache`` and ``run_with_hooks`` all see the same SAEs and error terms;

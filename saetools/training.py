@@ -50,6 +50,49 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path:
     return found[-1]
 
 
+def _resume_point(resume_from, *, seed: int, batch_size: int) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from and its saved stream state (``None, None`` for a fresh run)."""
+    if resume_from is None:
+        return None, None
+    ckpt = Path(resume_from)
+    ckpt = ckpt if (ckpt / STATE_FILE).is_file() else latest_checkpoint(ckpt)
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    if state["seed"] != seed or state["batch_size"] != batch_size:
+        raise ValueError(f"checkpoint {ckpt} was written with seed={state['seed']}, batch_size="
+                         f"{state['batch_size']}; resume with the same arguments")
+    return ckpt, state
+
+
+def _fit(sae, trainer_cfg, store: ActivationStore, *, seed: int, batch_size: int, device: str, ckpt, state):
+    """Run sae-lens's trainer on ``store``'s seeded stream, from ``state`` when resuming; each
+    checkpoint also records where the stream is, so a resumed run ends where a whole one does."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    start = 0 if state is None else state["batches_consumed"]
+    provider = _CountingProvider(store.batches(batch_size, seed=seed, start=start, device=device), start)
+    trainer = None
+
+    def record_position(checkpoint_path) -> None:
+        if checkpoint_path is not None:
+            (Path(checkpoint_path) / STATE_FILE).write_text(json.dumps({
+                "seed": seed, "batch_size": batch_size, "batches_consumed": provider.consumed,
+                "n_training_samples": trainer.n_training_samples,
+                # sae-lens checkpoints before counting the step it has just taken
+                "n_training_steps": trainer.n_training_steps + 1,
+            }) + "\n")
+
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider, save_checkpoint_fn=record_position)
+    if state is not None:
+        trainer.load_trainer_state(ckpt)
+        trainer.n_training_steps = state["n_training_steps"]
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
+                                         if t >= trainer.n_training_samples]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        trained = trainer.fit()
+    return trained.eval()
+
+
 def train_sae(
     acts: Float[Tensor, "n d"] | ActivationStore,
     cfg,
@@ -99,7 +142,6 @@ def train_sae(
     """
     from sae_lens import TrainingSAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
 
     store = acts if isinstance(acts, ActivationStore) else ActivationStore.in_memory(acts)
     if store.d_in != cfg.d_in:
@@ -122,35 +164,7 @@ def train_sae(
         n_batches_for_norm_estimate=n_batches_for_norm_estimate,
         n_checkpoints=n_checkpoints, checkpoint_path=None if checkpoint_dir is None else str(checkpoint_dir),
     )
-    start, state = 0, None
-    if resume_from is not None:
-        ckpt = Path(resume_from)
-        ckpt = ckpt if (ckpt / STATE_FILE).is_file() else latest_checkpoint(ckpt)
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        if state["seed"] != seed or state["batch_size"] != batch_size:
-            raise ValueError(f"checkpoint {ckpt} was written with seed={state['seed']}, batch_size="
-                             f"{state['batch_size']}; resume with the same arguments")
-        sae.load_weights_from_checkpoint(ckpt)
-        start = state["batches_consumed"]
-    provider = _CountingProvider(store.batches(batch_size, seed=seed, start=start, device=device), start)
-    trainer = None
-
-    def record_position(checkpoint_path) -> None:
-        if checkpoint_path is not None:
-            (Path(checkpoint_path) / STATE_FILE).write_text(json.dumps({
-                "seed": seed, "batch_size": batch_size, "batches_consumed": provider.consumed,
-                "n_training_samples": trainer.n_training_samples,
-                # sae-lens checkpoints before counting the step it has just taken
-                "n_training_steps": trainer.n_training_steps + 1,
-            }) + "\n")
-
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider, save_checkpoint_fn=record_position)
+    ckpt, state = _resume_point(resume_from, seed=seed, batch_size=batch_size)
     if state is not None:
-        trainer.load_trainer_state(ckpt)
-        trainer.n_training_steps = state["n_training_steps"]
-        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
-                                         if t >= trainer.n_training_samples]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        trained = trainer.fit()
-    return trained.eval()
+        sae.load_weights_from_checkpoint(ckpt)
+    return _fit(sae, trainer_cfg, store, seed=seed, batch_size=batch_size, device=device, ckpt=ckpt, state=state)

@@ -30,7 +30,7 @@ TOP_K_HEADS = 3
 
 @torch.no_grad()
 def evaluate(model) -> dict:
-    """Held-out IOI metrics and the head-ablation result of issue 2."""
+    """Held-out IOI metrics and the head-ablation result the model card reports."""
     spec = ioi.sample_spec(N_EVAL, templates=heldout_templates(), names=heldout_names(), seed=EVAL_SEED)
     batch = ioi.render(model, spec)
     logits = model(batch.tokens)
@@ -92,8 +92,7 @@ repeat, {mix[copying]:.0%}).
 
 Why recall sentences and tied embeddings: earlier models
 trained without them solved held-out templates with training names but not held-out names --
-their IOI circuit had learned to copy only the names it saw in IOI sentences (the closing note
-of issue 2 gives the numbers of each attempt). The ", and afterwards {{S}} ..." construction was
+their IOI circuit had learned to copy only the names it saw in IOI sentences. The ", and afterwards {{S}} ..." construction was
 added to the compositional templates after a model failed mostly on the one held-out template
 built on it; the held-out template strings themselves still never occur. Recall sentences train copying a
 name from context for every name, without showing held-out names in any IOI sentence.
@@ -125,7 +124,7 @@ a rerun with `--out DIR`.
 | top {k} heads of a single-head mean-ablation sweep | {top_heads} |
 | mean logit difference with those {k} heads mean-ablated together | {ld_top:.2f} ({frac_top:.0%} lower) |
 
-Against issue 2's targets (accuracy >= 0.95, mean logit difference >= 3, the top heads' ablation
+Against the targets this model was built to (accuracy >= 0.95, mean logit difference >= 3, the top heads' ablation
 removing >= half of it): {targets}.
 
 Mean ablation replaces a head's output by its mean over the ABC distribution, per template and

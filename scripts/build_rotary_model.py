@@ -27,9 +27,9 @@ FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config
 CARD = """# tiny-rotary
 
 A small language model with **rotary** positions, trained by saetools at a short context so that
-LM-Infinite (Han et al. 2023; NOTES §6) can be reproduced on any machine: how vanilla attention
+LM-Infinite (Han et al. 2023; docs/han2023_lm_infinite.md) can be reproduced on any machine: how vanilla attention
 and LM-Infinite's Lambda mask + distance cap behave past the training length is measured below
-(including whether issue 9's 10% target is met). Load it with
+(including whether LM-Infinite stays within 10% of its in-length NLL). Load it with
 `saetools.load_model("tiny-rotary")`; notebook `07_han2023_lm_infinite.ipynb` uses it.
 
 ## Architecture
@@ -38,7 +38,7 @@ TransformerLens config: {n_layers} layers, d_model {d_model}, {n_heads} heads of
 vocabulary {d_vocab} (the tiny-ioi byte-level BPE tokenizer). {n_params:,} parameters;
 `model.safetensors` is {size_mb:.2f} MB (float32, rotary tables included).
 `n_ctx = {n_ctx}` = {eval_factor} x the training length: TransformerLens grows its rotary table
-only up to n_ctx (NOTES §0.2), and rotary positions have no parameters, so this is free.
+only up to n_ctx (docs/README.md), and rotary positions have no parameters, so this is free.
 `train_seq_length = {train_ctx}` records the training length.
 
 ## Training
@@ -71,7 +71,7 @@ PyTorch profiler's allocator events):
 Claims checked by `saetools.experiments.han2023_lm_infinite.check` (vanilla degrades, LM-Infinite far below
 vanilla at the largest factor, lean memory linear): {check}.
 
-Issue 9's target (LM-Infinite within {tol_pct:.0f}% of its in-length NLL at every factor up to
+The length-generalisation target (LM-Infinite within {tol_pct:.0f}% of its in-length NLL at every factor up to
 {eval_factor}x), from `saetools.experiments.han2023_lm_infinite.target_status`: **{target}** (worst bin
 {worst_ratio:.3f}x the in-length NLL, at factor {worst_factor:g}).
 

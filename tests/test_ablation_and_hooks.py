@@ -48,7 +48,7 @@ def test_sweep_equals_full_runs_per_head(random_model):
     ref = ioi.render(random_model, ablation.abc_counterpart(spec, seed=4))
     reps = ablation.head_z_replacements(random_model, batch, method="mean", reference=ref)
     df = ablation.head_ablation_sweep(random_model, batch, method="mean", replacements=reps).set_index(["layer", "head"])
-    clean = float(ablation.head_ablated_logit_diff(random_model, batch, [], replacements=None).mean())
+    clean = float(ablation.head_ablated_logit_diff(random_model, batch, [], replacements=reps).mean())
     assert df.attrs["clean_logit_diff"] == pytest.approx(clean, abs=1e-5)
     for (layer, head), row in df.iterrows():
         full = float(ablation.head_ablated_logit_diff(random_model, batch, [(layer, head)], replacements=reps).mean())
@@ -76,6 +76,18 @@ def test_unknown_hook_name_suggests_nearest(random_model):
     with pytest.raises(HookNameError, match="blocks.0.attn.hook_z"):
         with scoped_hooks(random_model, [("blocks.0.attn.hook_zz", lambda a, hook: a)]):
             pass
+
+
+def test_zero_replacements_are_zeros_and_the_sweep_uses_them(random_model):
+    batch = ioi.render(random_model, ioi.wang_spec(12, seed=0))
+    reps = ablation.head_z_replacements(random_model, batch, method="zero")
+    assert set(reps) == set(range(random_model.cfg.n_layers)) and all((r == 0).all() for r in reps.values())
+    # replacements given: the sweep zero-ablates, whatever its default method
+    zero = ablation.head_ablation_sweep(random_model, batch, replacements=reps).set_index(["layer", "head"])
+    ld = ablation.head_ablated_logit_diff(random_model, batch, [(1, 2)], replacements=reps).mean()
+    torch.testing.assert_close(torch.tensor(zero.loc[(1, 2), "logit_diff"]), ld, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="'zero', 'mean' or 'resample'"):
+        ablation.head_z_replacements(random_model, batch, method="meen")
 
 
 def test_fast_ablated_logit_diff_matches_full_logits(random_model):

@@ -1,4 +1,4 @@
-"""SAE dark matter (NOTES §4): regressions against closed-form answers on planted data."""
+"""SAE dark matter (docs/engels2024_dark_matter.md): regressions against closed-form answers on planted data."""
 
 from __future__ import annotations
 

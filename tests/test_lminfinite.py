@@ -1,4 +1,4 @@
-"""LM-Infinite (Han et al. 2023, NOTES §6): hooks equal a direct reference computation, the lean
+"""LM-Infinite (Han et al. 2023, docs/han2023_lm_infinite.md): hooks equal a direct reference computation, the lean
 path equals the hooks, hooks never survive an exception, and the tiny-rotary reproduction."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def rope(x: torch.Tensor, t: float, base: float = 10000.0) -> torch.Tensor:
 
 
 def reference_pattern(q, k, cfg: LMInfiniteConfig) -> torch.Tensor:
-    """NOTES §6.2 pseudocode, one loop per (head, i, j); q, k pre-rotary ``[pos, head, d]``."""
+    """docs/han2023_lm_infinite.md pseudocode, one loop per (head, i, j); q, k pre-rotary ``[pos, head, d]``."""
     n, n_heads, d = q.shape
     cap = min(cfg.cap, n - 1)
     out = torch.zeros(n_heads, n, n, dtype=torch.float64)

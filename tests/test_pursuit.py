@@ -1,4 +1,4 @@
-"""Gradient pursuit (NOTES §4.3): the batched version against the literal per-token rule."""
+"""Gradient pursuit (docs/engels2024_dark_matter.md): the batched version against the literal per-token rule."""
 
 from __future__ import annotations
 

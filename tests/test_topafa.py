@@ -1,4 +1,4 @@
-"""top-AFA SAEs (saetools.saes.topafa, NOTES §1.3): the vectorised selection against a naive
+"""top-AFA SAEs (saetools.saes.topafa, docs/lee2025_top_afa.md): the vectorised selection against a naive
 per-token reference, a hand-computed selection, the encoder against the paper's steps, the
 training losses, save / ``SAE.load_from_disk`` round trip, folding invariances, splicing into
 the bundled model with the error-term invariance, training with saetools.train_sae, bad input."""
@@ -26,7 +26,7 @@ HOOK = "blocks.2.hook_resid_pre"
 
 
 def naive_topafa_mask(acts: torch.Tensor, decoder_norms: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """NOTES §1.3 steps 4-6 literally, one token at a time, with a full descending sort."""
+    """docs/lee2025_top_afa.md steps 4-6 literally, one token at a time, with a full descending sort."""
     flat, t = acts.reshape(-1, acts.shape[-1]), target.reshape(-1)
     out = torch.zeros_like(flat, dtype=torch.bool)
     for i in range(flat.shape[0]):

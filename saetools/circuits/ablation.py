@@ -56,10 +56,16 @@ def template_means(acts: Tensor, templates: pd.Series) -> Tensor:
 @torch.no_grad()
 def head_z_replacements(
     model, batch: ioi.IOIBatch, *, method: Method, reference: ioi.IOIBatch | None = None, seed: int = 0
-) -> dict[int, Tensor] | None:
-    """Per-layer replacement values of ``hook_z`` for ``batch`` (``None`` for zero ablation)."""
+) -> dict[int, Tensor]:
+    """Per-layer replacement values of ``hook_z`` for ``batch``, each broadcastable to
+    ``[batch, pos, n_heads, d_head]`` (zeros of shape ``[1, 1, n_heads, d_head]`` for zero ablation).
+    """
+    if method not in ("zero", "mean", "resample"):
+        raise ValueError(f"method must be 'zero', 'mean' or 'resample', got {method!r}")
     if method == "zero":
-        return None
+        p = next(model.parameters())
+        zero = torch.zeros(1, 1, model.cfg.n_heads, model.cfg.d_head, device=p.device, dtype=p.dtype)
+        return dict.fromkeys(range(model.cfg.n_layers), zero)
     if reference is None:
         raise ValueError(f"method={method!r} needs a reference batch (e.g. the ABC counterpart)")
     if reference.tokens.shape != batch.tokens.shape:
@@ -81,36 +87,32 @@ def head_z_replacements(
             out[rows] = rows[np.argsort(perm_np[rows])]
         idx = torch.as_tensor(out)
         return {layer: cache[n][idx] for layer, n in enumerate(names)}
-    raise ValueError(f"method must be 'zero', 'mean' or 'resample', got {method!r}")
 
 
-def _hooks_for(heads: Sequence[Head], replacements: dict[int, Tensor] | None):
+def _hooks_for(heads: Sequence[Head], replacements: dict[int, Tensor]):
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(int(layer), []).append(int(head))
-    return [
-        (f"blocks.{layer}.attn.hook_z",
-         replace_heads_hook(hs, None if replacements is None else replacements[layer]))
-        for layer, hs in by_layer.items()
-    ]
+    return [(f"blocks.{layer}.attn.hook_z", replace_heads_hook(hs, replacements[layer]))
+            for layer, hs in by_layer.items()]
 
 
-def head_ablation_hooks(heads: Sequence[Head], replacements: dict[int, Tensor] | None) -> list:
+def head_ablation_hooks(heads: Sequence[Head], replacements: dict[int, Tensor]) -> list:
     """``(hook_name, fn)`` pairs ablating ``heads`` (apply them in a scope, e.g. ``model.hooks``)."""
     return _hooks_for(heads, replacements)
 
 
 @torch.no_grad()
 def run_with_head_ablation(
-    model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor] | None
+    model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor]
 ) -> Tensor:
-    """Logits with ``heads`` ablated (their ``z`` replaced; ``None`` = zero)."""
+    """Logits with ``heads`` ablated (their ``z`` replaced by :func:`head_z_replacements`)."""
     return model.run_with_hooks(batch.tokens, fwd_hooks=_hooks_for(heads, replacements))
 
 
 @torch.no_grad()
 def head_ablated_logit_diff(
-    model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor] | None
+    model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor]
 ) -> Tensor:
     """Per-prompt logit difference with ``heads`` ablated, without building full logits."""
     resid = model.run_with_hooks(batch.tokens, fwd_hooks=_hooks_for(heads, replacements),
@@ -126,7 +128,8 @@ def head_ablation_sweep(
     """Ablate each head alone; tidy table of the mean logit difference and its change.
 
     Pass ``replacements`` (from :func:`head_z_replacements`) to reuse values already computed
-    for ``batch``; otherwise they are computed from ``method`` and ``reference``.
+    for ``batch`` (``method`` and ``reference`` are then unused); otherwise they are computed
+    from ``method`` and ``reference``.
 
     Columns: ``layer, head, logit_diff, delta`` (ablated minus clean mean logit difference)
     and ``frac_drop = -delta / clean``; sorted by ``frac_drop`` descending.

@@ -6,8 +6,8 @@ attention from END to IO; S-inhibition heads by path patching into the name move
 induction and duplicate-token heads by path patching into the S-inhibition heads' values and
 their attention (S2 -> S1+1, S2 -> S1; repeated random sequences); previous-token heads by
 their attention to the previous token. The circuit is data (:class:`Circuit`: role -> heads),
-the "nodes" later modules consume; Makelov et al. (2024) use the GPT-2 circuit of
-``shared/papers/NOTES.md`` §2.1 (:data:`WANG_2022_GPT2_CIRCUIT`).
+the "nodes" later modules consume; Makelov et al. (2024) use Wang et al.'s GPT-2 circuit
+(:data:`WANG_2022_GPT2_CIRCUIT`). Method and deviations: ``docs/wang2022_ioi.md``.
 
 Faithfulness (Wang et al. §4): mean-ablate (over the ABC distribution) every head outside the
 circuit and report the fraction of the logit difference kept; mean-ablate the circuit and
@@ -93,7 +93,7 @@ WANG_2022_GPT2_CIRCUIT = Circuit(
         "duplicate_token": ((0, 1), (3, 0), (0, 10)),
         "previous_token": ((2, 2), (4, 11)),
     },
-    name="Wang et al. 2022, GPT-2 small (NOTES §2.1)",
+    name="Wang et al. 2022, GPT-2 small",
 )
 """The IOI circuit in GPT-2 small as reported by Wang et al. (2022) and used by Makelov et al."""
 

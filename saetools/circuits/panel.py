@@ -1,6 +1,6 @@
 """The model side of the IOI panel: run a typed prompt with heads ablated, return plain data.
 
-:class:`saetools.widgets.ioi_panel.IOIPanel` stays free of model code (STYLE: widgets are
+:class:`saetools.widgets.ioi_panel.IOIPanel` stays free of model code (widgets are
 functions of data); it calls :meth:`IOIBackend.run` and draws the :class:`IOIRun` it returns.
 Ablation is mean ablation over the ABC distribution (Wang et al. 2022), averaged over
 prompts *and positions*, so that it applies to a prompt of any length (the per-template,

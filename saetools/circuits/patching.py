@@ -1,8 +1,7 @@
 """Activation patching and path patching on IOI, vectorised over prompts.
 
 Implements the interventions of Wang et al. (2022, "Interpretability in the Wild", §3 and
-Appendix B) in the form ARENA and Makelov et al. (2024) use them (``shared/papers/NOTES.md``
-§2.1-2.2):
+Appendix B) in the form ARENA and Makelov et al. (2024) use them (``docs/wang2022_ioi.md``):
 
 * **activation patching** of the residual stream (layer x semantic position), of head outputs
   (``hook_z``) and of head queries / keys / values (``hook_q|k|v``);

@@ -1,4 +1,4 @@
-"""Approximate feature activation (AFA), ZF plots and epsilon_LBO (Lee et al. 2025, arXiv 2503.24277; NOTES §1.2).
+"""Approximate feature activation (AFA), ZF plots and epsilon_LBO (Lee et al. 2025, arXiv 2503.24277; docs/lee2025_top_afa.md).
 
 Theory. If a dense activation is ``z = sum_i f_i w_i`` with unit-norm directions that are
 epsilon-quasi-orthogonal (``|<w_i, w_j>| <= epsilon`` for ``i != j``), then
@@ -33,7 +33,7 @@ rescaled one for ``"constant_norm_rescale"``.
 * ``denominator="dictionary"`` (the paper): ``D = (h - 1) ||f~||^2``, ``h = d_sae`` (the
   appended bias is not counted in ``h``, as in the authors' code);
 * ``"active"``: ``D = (L0 - 1) ||f~||^2`` with ``L0`` the non-zero entries of ``f~`` (the
-  bias entry included) -- the tighter variant NOTES §1.2 mentions;
+  bias entry included) -- the tighter variant docs/lee2025_top_afa.md mentions;
 * ``"l1"``: ``D = ||f~||_1^2 - ||f~||_2^2``, the exact cross-term bound (tightest).
 
 Each is a lower bound on the coherence of any dictionary that reproduces ``z`` exactly from

@@ -1,6 +1,6 @@
 """Decoder geometry: nearest-neighbour cosines, duplicate latents, inter-expert similarity.
 
-The feature-geometry analysis of Mudide et al. 2024 (Switch SAEs, NOTES §3.4 figure 6),
+The feature-geometry analysis of Mudide et al. 2024 (Switch SAEs, docs/mudide2024_switch_sae.md figure 6),
 written for any dictionary: every function takes a decoder matrix ``[n_latents, d]`` (one
 row per latent, as sae-lens's ``W_dec``) or anything with a ``W_dec`` (an SAE). Rows are
 compared by cosine, so row norms do not matter; all-zero rows have cosine 0 with everything.

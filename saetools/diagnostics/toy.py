@@ -1,4 +1,4 @@
-"""A toy superposition generator with ground truth (NOTES §0.2, "Toy superposition generator").
+"""A toy superposition generator with ground truth (docs/README.md, "Toy superposition generator").
 
 ``z = sum_i f_i w_i + b + noise``: ``h`` unit-norm feature directions ``w_i`` in ``d``
 dimensions (``h`` may exceed ``d``: superposition), sparse non-negative activations ``f``,
@@ -133,7 +133,7 @@ class ToySuperposition:
     @property
     def coherence(self) -> float:
         """``max_{i != j} |<w_i, w_j>|``: the smallest ``epsilon`` for which the directions are
-        epsilon-quasi-orthogonal (NOTES §1.1), computed in float64 on the rows renormalised in
+        epsilon-quasi-orthogonal (docs/lee2025_top_afa.md), computed in float64 on the rows renormalised in
         float64 (the stored float32 rows are unit only to about 1e-7)."""
         w = self.W.double()
         w = w / w.norm(dim=-1, keepdim=True)  # float64 unit rows: exact up to float64 rounding

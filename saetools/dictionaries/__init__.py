@@ -1,4 +1,4 @@
-"""Supervised feature dictionaries and their evaluation (Makelov, Lange & Nanda 2024, NOTES §2).
+"""Supervised feature dictionaries and their evaluation (Makelov, Lange & Nanda 2024, docs/makelov2024_supervised_dictionaries.md).
 
 * :mod:`~saetools.dictionaries.nodes` -- nodes (an activation at a semantic position),
   cross-sections from a circuit, and which heads carry an attribute (:func:`attribute_patching`);

@@ -1,4 +1,4 @@
-"""Approximation: sufficiency and necessity of a dictionary at a set of nodes (NOTES §2.4).
+"""Approximation: sufficiency and necessity of a dictionary at a set of nodes (docs/makelov2024_supervised_dictionaries.md).
 
 With ``LD`` the mean logit difference over the evaluation prompts:
 

@@ -1,4 +1,4 @@
-"""Control: editing an attribute at a set of nodes, scored against counterfactual patching (NOTES §2.5).
+"""Control: editing an attribute at a set of nodes, scored against counterfactual patching (docs/makelov2024_supervised_dictionaries.md).
 
 To change attribute ``a`` of prompt ``p`` from ``v`` to ``v'``:
 
@@ -149,6 +149,16 @@ def supervised_weight(dictionary: SupervisedDictionary, spec: pd.DataFrame, attr
     return torch.tensor(w[cols].sum(1).to_numpy(), dtype=torch.float32)
 
 
+def _sae_edits(per_node, f1_tables, acts, cf_acts, nodes, values, cf_values, *, ns_aware, ns_greedy):
+    """``(method, n, {node: (edited vector, weight removed)})`` for each SAE edit of a section:
+    interpretation-aware edits (when F1 tables are given) and greedy edits."""
+    for n in ns_aware if f1_tables is not None else ():
+        yield "aware", 2 * n, {nd: sae_edit_aware(per_node[nd], acts[nd], cf_acts[nd], f1_tables[nd], values,
+                                                  cf_values, n) for nd in nodes}
+    for n in ns_greedy:
+        yield "greedy", n, {nd: sae_edit_greedy(per_node[nd], acts[nd], cf_acts[nd], n) for nd in nodes}
+
+
 @torch.no_grad()
 def edit_cross_section(
     model,
@@ -213,16 +223,10 @@ def edit_cross_section(
         row("supervised", method, 1, edits, sup_w)
     values, cf_values = attribute_values(batch.spec, attr), attribute_values(cf_batch.spec, attr)
     for name, per_node in (saes or {}).items():
-        for n in ns_aware:
-            if f1_tables is None or name not in f1_tables:
-                break
-            out = {nd: sae_edit_aware(per_node[nd], acts[nd], cf_acts[nd], f1_tables[name][nd], values, cf_values, n)
-                   for nd in nodes}
-            row(name, "aware", 2 * n, {nd: e for nd, (e, _) in out.items()},
-                float(torch.stack([w for _, w in out.values()]).mean()))
-        for n in ns_greedy:
-            out = {nd: sae_edit_greedy(per_node[nd], acts[nd], cf_acts[nd], n) for nd in nodes}
-            row(name, "greedy", n, {nd: e for nd, (e, _) in out.items()},
+        tables = None if f1_tables is None else f1_tables.get(name)
+        for method, n, out in _sae_edits(per_node, tables, acts, cf_acts, nodes, values, cf_values,
+                                         ns_aware=ns_aware, ns_greedy=ns_greedy):
+            row(name, method, n, {nd: e for nd, (e, _) in out.items()},
                 float(torch.stack([w for _, w in out.values()]).mean()))
     df = pd.DataFrame(rows)
     acc_none = float(df.accuracy[df.method == "none"].iloc[0])

@@ -1,4 +1,4 @@
-"""Interpretability of dictionary latents against IOI attribute values (NOTES §2.6).
+"""Interpretability of dictionary latents against IOI attribute values (docs/makelov2024_supervised_dictionaries.md).
 
 On a set of prompts, latent ``j`` is **active** iff its activation is non-zero (ReLU / gated:
 ``f_j > 0``; TopK, including the no-ReLU variant: selected). For latent ``j`` and attribute

@@ -1,4 +1,4 @@
-"""SAEs trained on one node's IOI activations, with the paper's schedule shape (NOTES §2.7).
+"""SAEs trained on one node's IOI activations, with the paper's schedule shape (docs/makelov2024_supervised_dictionaries.md).
 
 Makelov, Lange & Nanda (2024) train a small SAE per node (8x its width) on the node's
 activations over the IOI training prompts:

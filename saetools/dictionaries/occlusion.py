@@ -1,4 +1,4 @@
-"""Feature occlusion and over-splitting (Makelov, Lange & Nanda 2024, NOTES §2.8).
+"""Feature occlusion and over-splitting (Makelov, Lange & Nanda 2024, docs/makelov2024_supervised_dictionaries.md).
 
 The paper names two ways an SAE can fail an attribute that a supervised dictionary
 (:mod:`saetools.dictionaries.supervised`) captures:
@@ -10,8 +10,8 @@ The paper names two ways an SAE can fail an attribute that a supervised dictiona
   *and* a subset of other attributes (high precision, low recall), so no single latent is good
   but a union of several is.
 
-NOTES marks how the paper *measures* both as [recall]. The definitions below are ours, derived
-from first principles; each function's docstring states its definition.
+The paper defines both in words without a measurement recipe. The definitions below are ours,
+derived from first principles; each function's docstring states its definition.
 
 **Occlusion at a node** (:func:`code_norms`, :func:`occlusion_table`). An attribute's strength
 is the RMS norm of its supervised codes over the prompts,
@@ -37,7 +37,7 @@ the candidate latent that maximises the union's F1 (ties: the lowest latent inde
 precision is at least ``target / (2 - target)`` (0.818 for 0.9): a union reaches F1 ``t`` only
 if its precision is at least ``t / (2 - t)`` (``F1 <= 2P / (1 + P)``), and a dense, imprecise
 latent would otherwise win the first step (a latent firing everywhere has F1 ``2/3`` for a
-balanced binary value, NOTES §2.11) and cap every later union below the target. The **count**
+balanced binary value, docs/makelov2024_supervised_dictionaries.md) and cap every later union below the target. The **count**
 is the number of latents at the first step where the union's F1 reaches ``target``; it is an
 upper bound on the smallest such union (finding that one is a set-cover problem). Every greedy
 step scores all latents with one matrix-vector product.
@@ -440,7 +440,7 @@ def toy_occlusion_sweep(cfg: ToyOcclusionConfig = ToyOcclusionConfig(), *, progr
     """Train one SAE per ratio ``alpha / beta`` and score both attributes' best latent F1.
 
     The weaker attribute's best F1 collapses once the other one dominates; the table shows
-    where. Inputs are scaled to mean norm ``sqrt(d)`` (the paper's normalisation, NOTES §2.7).
+    where. Inputs are scaled to mean norm ``sqrt(d)`` (the paper's normalisation, docs/makelov2024_supervised_dictionaries.md).
     """
     from saetools.training import train_sae
 

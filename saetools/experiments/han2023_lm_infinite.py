@@ -1,6 +1,6 @@
 """The LM-Infinite reproduction on a rotary model: config, ``run``, ``check`` and ``figures``.
 
-Han et al. (2023), NOTES §6.3-6.4: per-position NLL far past the training length for vanilla
+Han et al. (2023), docs/han2023_lm_infinite.md: per-position NLL far past the training length for vanilla
 attention and the ablations of the method, attention entropy vs length, passkey retrieval vs
 context length, and time / peak memory of the lean path vs full attention. Used by the
 notebook ``07_han2023_lm_infinite.ipynb`` and by ``scripts/build_rotary_model.py`` (model card).
@@ -144,7 +144,7 @@ def run(model, cfg: Config = Config()) -> Result:
 
 
 def target_status(result: Result, *, tolerance: float = 0.10) -> dict:
-    """Issue 9's target: LM-Infinite ("both") NLL within ``tolerance`` of its in-length NLL at
+    """The length-generalisation target: LM-Infinite ("both") NLL within ``tolerance`` of its in-length NLL at
     every factor. Returns ``{"met": bool, "worst_ratio": float, "worst_factor": float}``
     (measured, never asserted: see :func:`check` for what is asserted)."""
     s = result.summary()
@@ -162,7 +162,7 @@ def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0) -> No
     * the lean path's peak memory per token stays within 25% across the measured lengths,
       while full attention's peak grows faster than linearly.
 
-    Whether LM-Infinite stays within ``tolerance`` of its in-length NLL (issue 9's target) is
+    Whether LM-Infinite stays within ``tolerance`` of its in-length NLL (the length-generalisation target) is
     reported by :func:`target_status`, not asserted here.
     """
     s = result.summary()
@@ -228,7 +228,7 @@ def mask_only_demo(model, *, n_global: int = 4, n_local: int | None = None, n_do
 
     Long synthetic documents cut to ``model.cfg.n_ctx`` tokens (BOS first), scored with full
     attention, the mask with ``n_global`` global tokens, and the mask with none (a sliding
-    window): factor 3 of NOTES §6.1. Not length generalisation. ``n_local`` defaults to
+    window): factor 3 of docs/han2023_lm_infinite.md. Not length generalisation. ``n_local`` defaults to
     ``n_ctx // 4``. Returns binned NLL (bins of ``n_local``) with columns ``variant``, ``lo``,
     ``hi``, ``nll``.
     """

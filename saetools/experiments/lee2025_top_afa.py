@@ -1,18 +1,18 @@
-"""AFA, ZF plots, epsilon_LBO and top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277; NOTES §1).
+"""AFA, ZF plots, epsilon_LBO and top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277; docs/lee2025_top_afa.md).
 
 Three parts, all on quantities defined once in :mod:`saetools.diagnostics.afa` and :mod:`saetools.evals`:
 
-1. **Toy ground truth** (NOTES §1.6): :class:`saetools.diagnostics.toy.ToySuperposition` with a knob on how
+1. **Toy ground truth** (docs/lee2025_top_afa.md): :class:`saetools.diagnostics.toy.ToySuperposition` with a knob on how
    far from orthogonal the true feature directions are. The true dictionary's epsilon_LBO is 0
-   for orthonormal directions and grows with the overlap; the AFA bound of NOTES §1.2 holds
+   for orthonormal directions and grows with the overlap; the AFA bound of docs/lee2025_top_afa.md holds
    token by token (``eps_LBO`` with the exact ``l1`` denominator never exceeds the true
    coherence), the global band ``c = epsilon (h - 1)`` is a guarantee only while ``c < 1``, and
    the paper's narrowest plotted band is left once the directions overlap enough.
 2. **ZF plots and epsilon_LBO of real SAEs** on the same held-out activations: the bundled
    SAEs (or sae-lens pretrained ones on GPT-2) and every SAE trained in part 3.
 3. **top-AFA vs TopK vs BatchTopK** trained with :func:`saetools.train_sae` on the same
-   activations (NOTES §1.3-1.5), with and without the paper's per-token standardisation
-   (NOTES §1.8), converted to their inference form (save / ``SAE.load_from_disk``: BatchTopK
+   activations (docs/lee2025_top_afa.md), with and without the paper's per-token standardisation
+   (docs/lee2025_top_afa.md), converted to their inference form (save / ``SAE.load_from_disk``: BatchTopK
    becomes a JumpReLU) and evaluated with :func:`saetools.evals.evaluate_saes`.
 """
 
@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -50,8 +51,7 @@ PAPER_LAYER6 = pd.DataFrame(
      ("top-AFA", "1/64", 1110.0, 0.0291), ("top-AFA", "1/32", 2037.0, 1.64e-4)],
     columns=["activation", "k / lambda_AFA", "L0", "normalised MSE"],
 )
-"""Reported by the authors for GPT-2 small layer 6, 12,288 latents (their exported results, NOTES
-§1.5, tagged [code]); a reference for the ``"full"`` profile, not produced by this module."""
+"""Reported by the authors for GPT-2 small layer 6, 12,288 latents (their exported results, docs/lee2025_top_afa.md, tagged [code]); a reference for the ``"full"`` profile, not produced by this module."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +80,7 @@ class Config(Profiles):
     standardise: tuple[bool, ...] = (True, False)
     """top-AFA variants: per-token standardisation (the paper's ``input_unit_norm``, sae-lens
     ``"layer_norm"``) and/or raw activations scaled by one constant (``"expected_average_only_in"``,
-    the variant NOTES §1.8 asks for)."""
+    the variant docs/lee2025_top_afa.md asks for)."""
     bundled: tuple[str, ...] = ("resid2-topk16", "resid2-standard")
     """Bundled SAEs to include (those whose hook is this run's hook)."""
     pretrained: tuple[tuple[str, str], ...] = ()
@@ -137,7 +137,7 @@ class Config(Profiles):
             "toy_samples": 20_000,
         },
     }
-    """Named configurations: ``"smoke"`` (CPU, under a minute) or ``"full"`` (GPT-2 small layer 8, GPU; NOTES §1.4)."""
+    """Named configurations: ``"smoke"`` (CPU, under a minute) or ``"full"`` (GPT-2 small layer 8, GPU; docs/lee2025_top_afa.md)."""
 
 
 @dataclass
@@ -155,13 +155,13 @@ class Result:
     zf: dict[str, ZFData]
     """AFA quantities of every SAE on the held-out activations."""
     afa_target: pd.DataFrame
-    """Spread of the top-AFA target ``||x_n - b_dec||`` over tokens, per top-AFA SAE (NOTES §1.8)."""
+    """Spread of the top-AFA target ``||x_n - b_dec||`` over tokens, per top-AFA SAE (docs/lee2025_top_afa.md)."""
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
 
 
 def toy_bounds(toy: ToySuperposition, n: int, *, seed: int, name: str) -> tuple[dict, ZFData]:
-    """AFA bounds of a toy's *true* dictionary and codes (noise-free; NOTES §1.6).
+    """AFA bounds of a toy's *true* dictionary and codes (noise-free; docs/lee2025_top_afa.md).
 
     Returns a row with the coherence ``eps``, ``c = eps (h - 1)``, the median epsilon_LBO
     (paper denominator), the largest ``l1`` epsilon_LBO divided by ``eps`` (at most 1 by the
@@ -298,6 +298,8 @@ def figures(result: Result) -> dict[str, Figure]:
     pick += toy_names[len(result.config.toy_overlaps):]
     figs = {"toy_zf": zf_plot({n: result.toy_zf[n] for n in pick}, ncols=4),
             "zf": zf_plot(result.zf, ncols=4), "violin": zf_violin_plot(result.zf)}
+    for f in figs.values():
+        plt.close(f)  # shown where the notebook displays it, once
     t = result.table
     fig, axes = subplots(1, 3, figsize=(16, 4))
     for fam, g in t[~t.family.str.endswith("(reference)")].groupby(["family", "standardised"]):
@@ -340,7 +342,7 @@ def check(result: Result) -> None:
     * top-AFA's code norm matches the AFA more closely than TopK at the smallest k (median
       ``| ||f~|| / ||z|| - 1 |``) and its epsilon_LBO is lower; that TopK SAE is under-activated
       (median ``||f~|| / ||z|| < 1``);
-    * NOTES §1.8: with per-token standardisation the AFA target ``||x_n - b_dec||`` varies much
+    * docs/lee2025_top_afa.md: with per-token standardisation the AFA target ``||x_n - b_dec||`` varies much
       less across tokens (coefficient of variation at most half) than without;
     * every trained SAE recovers most of the loss (``loss_recovered_zero > 0.5``).
     """

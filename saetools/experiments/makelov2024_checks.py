@@ -1,4 +1,4 @@
-"""Checks of :mod:`saetools.experiments.makelov2024_supervised_dictionaries` (issue 5's targets and the notebook's claims).
+"""Checks of :mod:`saetools.experiments.makelov2024_supervised_dictionaries` (the paper's claims this run can test).
 
 Each takes a :class:`saetools.experiments.makelov2024_supervised_dictionaries.Result`; :func:`check` raises AssertionError
 with the measured numbers.
@@ -12,16 +12,16 @@ import pandas as pd
 __all__ = ["CARRY_MIN", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "check", "edit_targets"]
 
 SUFFICIENCY_MIN = 0.9
-"""Supervised dictionaries' sufficiency at every node set (issue 5)."""
+"""Supervised dictionaries' sufficiency at every node set."""
 EDIT_ACCURACY_MIN = 0.9
-"""Supervised edit accuracy for IO and S at the nodes that carry them (issue 5)."""
+"""Supervised edit accuracy for IO and S at the nodes that carry them."""
 CARRY_MIN = 0.1
 """A cross-section *carries* its attribute when counterfactual patching changes the top END
 prediction on at least this fraction of prompts; elsewhere every edit agrees trivially."""
 
 
 def edit_targets(result, *, whole_circuit: bool = False) -> pd.DataFrame:
-    """Issue 5's control target per IO / S cross-section that *carries* its attribute.
+    """The control target per IO / S cross-section that *carries* its attribute.
 
     One row per such cross-section of ``result.edits`` (or of ``result.whole_circuit``):
     ``section, attribute, changed`` (fraction of top predictions counterfactual patching changes,

@@ -1,4 +1,4 @@
-"""Switch SAEs vs TopK at matched FLOPs and matched width (Mudide et al. 2024; NOTES §3.4).
+"""Switch SAEs vs TopK at matched FLOPs and matched width (Mudide et al. 2024; docs/mudide2024_switch_sae.md).
 
 Every SAE is trained with :func:`saetools.train_sae` on the *same* activations and evaluated
 with :func:`saetools.evaluate_saes` on the same held-out tokens:
@@ -251,9 +251,15 @@ def run(model, cfg: Config) -> Result:
 
 
 def figures(result: Result) -> dict[str, Figure]:
-    """The headline figures (NOTES §3.4) as ``{name: matplotlib Figure}``: ``"flop_matched"``,
-    ``"width_matched"``, ``"balance"``, ``"routing"``, ``"geometry"``."""
-    t, figs = result.table, {}
+    """The headline figures as ``{name: Figure}``: ``"flop_matched"``, ``"width_matched"``,
+    ``"balance"``, ``"routing"``, ``"geometry"`` (see ``docs/mudide2024_switch_sae.md``)."""
+    return {"flop_matched": _flop_matched(result), "width_matched": _width_matched(result),
+            "balance": _balance(result), "routing": _routing(result), "geometry": _geometry(result)}
+
+
+def _flop_matched(result: Result) -> Figure:
+    """FVU and loss recovered vs L0 at equal encoder FLOPs per token."""
+    t = result.table
     fig, axes = subplots(1, 2, figsize=(11, 4))
     for n, g in t[t.family.isin(["topk", "flop"])].groupby("n_experts"):
         g = g.sort_values("l0")
@@ -266,8 +272,12 @@ def figures(result: Result) -> dict[str, Figure]:
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    figs["flop_matched"] = fig
+    return fig
 
+
+def _width_matched(result: Result) -> Figure:
+    """FVU and loss recovered vs encoder FLOPs at equal total width."""
+    t = result.table
     fig, axes = subplots(1, 2, figsize=(11, 4))
     w = t[t.family == "width"].sort_values("n_experts")
     topk = t[(t.family == "topk") & (t.k == result.config.width_matched_k)]
@@ -281,8 +291,12 @@ def figures(result: Result) -> dict[str, Figure]:
         ax.legend(fontsize=8)
     axes[0].set_title(f"width-matched, k = {result.config.width_matched_k}")
     fig.tight_layout()
-    figs["width_matched"] = fig
+    return fig
 
+
+def _balance(result: Result) -> Figure:
+    """Routing load during training, per-expert held-out load, and FVU vs the balance coefficient."""
+    t = result.table
     fig, axes = subplots(1, 3, figsize=(16, 4))
     b = t[t.family == "balance"].sort_values("alpha")
     for name, hist in result.load_history.items():
@@ -302,8 +316,12 @@ def figures(result: Result) -> dict[str, Figure]:
     axes[2].set_xticks(x, [f"alpha={a:g}" for a in b.alpha])
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    figs["balance"] = fig
+    return fig
 
+
+def _routing(result: Result) -> Figure:
+    """Softmax vs Heaviside routing at equal experts."""
+    t = result.table
     fig, ax = subplots(figsize=(6, 4))
     n = result.config.balance_experts
     r = t[(t.n_experts == n) & (t.alpha == result.config.alpha) & t.family.isin(["width", "routing"])]
@@ -313,8 +331,12 @@ def figures(result: Result) -> dict[str, Figure]:
     ax.set_xticks(x, list(r.routing))
     ax.set(title=f"softmax vs Heaviside routing, {n} experts")
     ax.legend(fontsize=8)
-    figs["routing"] = fig
+    return fig
 
+
+def _geometry(result: Result) -> Figure:
+    """Nearest-neighbour cosines, duplicate latents and inter-expert similarity of the decoders."""
+    t = result.table
     fig, axes = subplots(1, 2 + len(result.inter_expert), figsize=(6 * (2 + len(result.inter_expert)), 4.5))
     gm = result.geometry.merge(t[["sae", "n_experts", "k"]], left_on="name", right_on="sae")
     heat = gm[gm.family.isin(["topk", "flop"])].pivot_table(index="n_experts", columns="k", values="nn_cos_mean")
@@ -323,7 +345,6 @@ def figures(result: Result) -> dict[str, Figure]:
                 yticklabels=heat.index, xlabel="k", ylabel="experts (1 = TopK)",
                 title="mean nearest-neighbour cosine (decoder rows)")
     fig.colorbar(im, ax=axes[0])
-    g = result.geometry
     for fam, marker in (("flop", "o"), ("width", "s"), ("topk", "*")):
         sel = gm[gm.family == fam]
         axes[1].plot(sel.n_experts, sel.duplicate_frac, marker, label=fam)
@@ -335,10 +356,8 @@ def figures(result: Result) -> dict[str, Figure]:
         im = ax.imshow(m, vmin=0, vmax=vmax, cmap="magma")
         ax.set(title=f"{name}\nS[i, j] = mean_(l in i) max_(m in j) cos", xlabel="expert j", ylabel="expert i")
         fig.colorbar(im, ax=ax)
-    del g
     fig.tight_layout()
-    figs["geometry"] = fig
-    return figs
+    return fig
 
 
 PARETO_MIN_SAMPLES = 10_000_000
@@ -359,7 +378,7 @@ def check(result: Result) -> None:
     * FLOPs (analytic): FLOP-matched Switch SAEs cost the TopK's encoder FLOPs up to the router
       (within 2%); width-matched ones ``N`` times fewer up to the router.
     * Width-matched Switch SAEs reconstruct worse than the TopK of the same width and ``k``, and
-      worse with more experts (FVU increasing in ``N``; NOTES §3.4 figure 2).
+      worse with more experts (FVU increasing in ``N``; docs/mudide2024_switch_sae.md figure 2).
     * With at least ``PARETO_MIN_SAMPLES`` training activations: at every ``k``, the
       FLOP-matched Switch SAE with the most experts has a lower FVU than the TopK (figure 1).
     """

@@ -1,9 +1,9 @@
-"""Shrinkage across SAE architectures and the feature-suppression fix (NOTES §5).
+"""Shrinkage across SAE architectures and the feature-suppression fix (docs/shrinkage.md).
 
 Gated SAEs (Rajamanoharan et al. 2024a, arXiv 2404.16014), JumpReLU SAEs (Rajamanoharan et
 al. 2024b, arXiv 2407.14435), TopK / BatchTopK, and the L1 baseline are trained with the
 sae-lens trainer on the *same* activations; each is evaluated with :mod:`saetools.evals`
-(fidelity vs L0, gamma under both definitions of NOTES §5.4, the per-token l2 ratio). The L1
+(fidelity vs L0, gamma under both definitions of docs/shrinkage.md, the per-token l2 ratio). The L1
 SAE is then fixed post hoc as in Wright & Sharkey (2024) (:func:`saetools.saes.refit_decoder`).
 """
 

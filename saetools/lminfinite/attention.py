@@ -1,7 +1,7 @@
 """LM-Infinite: the Lambda-shaped attention mask and the distance cap, on TransformerLens models.
 
 Han, Wang, Peng, Xiong, Chen, Ji, Wang (2023/2024), "LM-Infinite: Zero-Shot Extreme Length
-Generalization for Large Language Models" (arXiv 2308.16137); see NOTES §6.2 for the exact
+Generalization for Large Language Models" (arXiv 2308.16137); see docs/han2023_lm_infinite.md for the exact
 rule. For query position ``i`` and key ``j <= i`` (distance ``d = i - j``):
 
 * **Lambda mask**: key ``j`` is attended iff ``j < n_global`` (global branch: the first tokens)
@@ -96,7 +96,7 @@ def _check_model(model, cfg: LMInfiniteConfig) -> None:
         warnings.warn(
             f"LM-Infinite mask only on a model with {mcfg.positional_embedding_type!r} positions: "
             "this demonstrates the Lambda mask inside the trained length, not length "
-            "generalisation (NOTES §6.4)", AbsolutePositionWarning, stacklevel=3,
+            "generalisation (docs/han2023_lm_infinite.md)", AbsolutePositionWarning, stacklevel=3,
         )
     for flag in ("use_logn_attn", "use_dynamic_ntk_rope"):
         if getattr(mcfg, flag, False):
@@ -129,7 +129,7 @@ def lambda_scores(
     k_pos: Tensor,
     cfg: LMInfiniteConfig,
 ) -> Float[Tensor, "batch head q k"]:
-    """Apply the LM-Infinite rule to attention logits (NOTES §6.2).
+    """Apply the LM-Infinite rule to attention logits (docs/han2023_lm_infinite.md).
 
     Args:
         true_scores: logits at true relative distance.

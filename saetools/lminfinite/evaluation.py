@@ -1,4 +1,4 @@
-"""Measurements for LM-Infinite (Han et al. 2023, NOTES §6.3-6.4) on a rotary model.
+"""Measurements for LM-Infinite (Han et al. 2023, docs/han2023_lm_infinite.md) on a rotary model.
 
 * :func:`per_position_nll` -- next-token NLL at every position, for a variant of the method;
 * :func:`attention_entropy` -- entropy of attention rows vs sequence length (factor 2 of §6.1);
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 VARIANTS = ("vanilla", "mask only", "cap only", "both", "n_global=0")
-"""The ablations of NOTES §6.3: no method, Lambda mask alone, distance cap alone, both, and
+"""The ablations of docs/han2023_lm_infinite.md: no method, Lambda mask alone, distance cap alone, both, and
 both with no global branch (a pure sliding window with the cap)."""
 
 
@@ -72,7 +72,7 @@ def _check_tokens(model, tokens: Tensor) -> None:
         raise ValueError(f"tokens must be a [batch, pos] long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.cfg.n_ctx={model.cfg.n_ctx} "
-                         "(TransformerLens's rotary table stops there; NOTES §0.2)")
+                         "(TransformerLens's rotary table stops there; docs/README.md)")
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Gated SAE with the paper-faithful auxiliary loss (Rajamanoharan et al. 2024, arXiv 2404.16014, Eq. 8; NOTES §5.1, §5.7).
+"""Gated SAE with the paper-faithful auxiliary loss (Rajamanoharan et al. 2024, arXiv 2404.16014, Eq. 8; docs/shrinkage.md).
 
 The paper trains the gate path to reconstruct on its own through a *frozen* copy of the
 decoder: ``L_aux = ||x - x_hat_frozen(ReLU(pi_gate(x)))||^2`` with stop-gradient ``W_dec`` and

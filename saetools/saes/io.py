@@ -1,6 +1,6 @@
 """Saving and loading SAEs in sae-lens's format, and sae-lens pretrained releases.
 
-Everything saved here loads with ``sae_lens.SAE.load_from_disk`` (ECOSYSTEM.md §2.1).
+Everything saved here loads with ``sae_lens.SAE.load_from_disk`` (the sae-lens inference format: ``cfg.json`` and ``sae_weights.safetensors``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The feature-suppression fix: re-fit the decoder on MSE alone with the activation pattern frozen.
 
-Wright & Sharkey (2024), "Addressing Feature Suppression in SAEs" (NOTES §5.3): L1-trained
+Wright & Sharkey (2024), "Addressing Feature Suppression in SAEs" (docs/shrinkage.md): L1-trained
 SAEs shrink their latents; fine-tuning on the reconstruction loss alone, with which latents
 fire kept fixed, removes the bias while keeping L0. With the encoder frozen, that fine-tune
 is a least-squares problem in the decoder, ``min_{W, b} E||x - W^T f(x) - b||^2``, which we
 solve exactly (the optimum an MSE-only fine-tune converges to) instead of by SGD. At the
 optimum the residual is orthogonal to the reconstruction, so gamma (either definition,
-NOTES §5.4) is 1 on the fitting data.
+docs/shrinkage.md) is 1 on the fitting data.
 """
 
 from __future__ import annotations

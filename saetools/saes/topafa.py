@@ -1,4 +1,4 @@
-"""top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277; NOTES §1.3) as a sae-lens architecture.
+"""top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277; docs/lee2025_top_afa.md) as a sae-lens architecture.
 
 A top-AFA SAE has no sparsity hyperparameter ``k``: for every token it keeps the largest
 latents until the l2 norm of their (decoder-scaled) activations is as close as possible to
@@ -9,7 +9,7 @@ the *approximate feature activation* (AFA), the norm of the centred input. Archi
 ``SAE.load_from_disk`` (after ``import saetools.saes``), and splices into a
 ``HookedSAETransformer`` like a built-in SAE.
 
-Encoding (exactly NOTES §1.3; notation per token):
+Encoding (exactly docs/lee2025_top_afa.md; notation per token):
 
 1. ``x_n``: the SAE input in the SAE's own space. With ``normalize_activations="layer_norm"``
    this is sae-lens's per-token standardisation ``(x - mean_d x) / (std_d x + 1e-5)`` (unbiased
@@ -30,12 +30,12 @@ lies beyond the ranked prefix. Because ``c_m`` is non-decreasing, once ``c_K >= 
 global argmin lies in the prefix, so the result is identical to a full sort (tested against
 a naive per-token loop in ``tests/test_topafa.py``).
 
-Training loss (NOTES §1.3; all terms in the SAE's normalised space ``x_n``):
+Training loss (docs/lee2025_top_afa.md; all terms in the SAE's normalised space ``x_n``):
 
 ``L = mean_{batch, d} (x_hat_n - x_n)^2  +  lambda_AFA * mean_batch (||f~|| - T)^2  +  AuxK``
 
 with ``f~_i = f_i ||W_dec[i]||`` (``= f`` for unit-norm rows) and ``T = ||x_n||`` (the paper's
-code: the *un-centred* input, an inconsistency with step 3 that NOTES §1.3 asks us to keep and
+code: the *un-centred* input, an inconsistency with step 3 that docs/lee2025_top_afa.md asks us to keep and
 flag; ``afa_loss_target="centred"`` uses ``||x_c||`` instead). AuxK reconstructs the detached
 residual ``x_n - x_hat_n`` from the ``aux_k`` largest ReLU pre-activations of the dead latents
 (sae-lens's dead-latent mask), ``aux_coefficient * mean_{batch, d}(...)^2``. With
@@ -178,11 +178,11 @@ class TopAFASAEConfig(SAEConfig):
 
 @dataclass
 class TopAFATrainingSAEConfig(TrainingSAEConfig):
-    """Training config of a top-AFA SAE (defaults: the authors' code, NOTES §1.4).
+    """Training config of a top-AFA SAE (defaults: the authors' code, docs/lee2025_top_afa.md).
 
     Per-token standardisation is sae-lens's ``normalize_activations="layer_norm"`` (the
     paper's setting in all its runs); leave it at ``"none"`` (or ``"expected_average_only_in"``)
-    to train on raw activations, the variant NOTES §1.8 asks for.
+    to train on raw activations, the variant docs/lee2025_top_afa.md asks for.
     """
 
     afa_coefficient: float = 1 / 32

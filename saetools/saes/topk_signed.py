@@ -1,4 +1,4 @@
-"""The no-ReLU TopK SAE of Makelov, Lange & Nanda (2024) as a sae-lens architecture (NOTES §2.7).
+"""The no-ReLU TopK SAE of Makelov, Lange & Nanda (2024) as a sae-lens architecture (docs/makelov2024_supervised_dictionaries.md).
 
 Their TopK SAEs keep the ``k`` largest raw pre-activations *even when negative* (sae-lens's
 ``topk`` applies a ReLU to them), have no encoder bias besides the pre-encoder ``b_dec``

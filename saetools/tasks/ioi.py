@@ -1,7 +1,7 @@
 """Indirect object identification (IOI): prompt distributions, semantic positions, metrics.
 
 Implements the prompt distributions of Wang et al. (2022, "Interpretability in the Wild") and
-Makelov, Lange & Nanda (2024, §2.2 of ``shared/papers/NOTES.md``) as data:
+Makelov, Lange & Nanda (2024, ``docs/makelov2024_supervised_dictionaries.md``) as data:
 
 * a **spec** is a :class:`pandas.DataFrame` with one row per prompt and the columns
   ``template, pattern, io, s, s1, place, object`` (``s1`` is the first-clause non-IO name; it

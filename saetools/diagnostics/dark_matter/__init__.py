@@ -1,7 +1,7 @@
 """SAE dark matter: the linearly predictable and the nonlinear parts of an SAE's error.
 
 Engels, Smith & Tegmark (2024), "Decomposing the Dark Matter of Sparse Autoencoders"
-(arXiv 2410.14670; NOTES §4). For activations ``x`` (one row per token) and an SAE:
+(arXiv 2410.14670; docs/engels2024_dark_matter.md). For activations ``x`` (one row per token) and an SAE:
 
 * ``Sae(x)`` is the reconstruction (``b_dec`` included); ``SaeError(x) = x - Sae(x)``;
 * ``W*`` is the least-squares map from ``x`` to the error, fit on one half of the tokens:

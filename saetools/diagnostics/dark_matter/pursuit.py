@@ -1,7 +1,7 @@
 """Gradient pursuit: sparse coding with a fixed dictionary, batched over tokens.
 
 Engels, Smith & Tegmark (2024), "Decomposing the Dark Matter of Sparse Autoencoders"
-(arXiv 2410.14670), §"reducing nonlinear error" (NOTES §4.3), re-encode each token with an
+(arXiv 2410.14670), §"reducing nonlinear error" (docs/engels2024_dark_matter.md), re-encode each token with an
 SAE's decoder as the dictionary, at that token's own L0, to separate the error of the encoder
 from the error of the dictionary. The rule, for one token (signal ``s = x - b``, dictionary
 ``D`` with one atom per row, weights ``w = 0``), repeated ``L0`` times:

@@ -1,4 +1,4 @@
-"""Downstream cost of each part of the SAE error (Engels et al. 2024 ``downstream_ce.py``, NOTES §4.2 5b).
+"""Downstream cost of each part of the SAE error (Engels et al. 2024 ``downstream_ce.py``, docs/engels2024_dark_matter.md 5b).
 
 Splice ``Sae(x) + LinearError(x)`` (the nonlinear error removed) or ``Sae(x) + NonlinearError(x)``
 (the linear error removed) into the model at the SAE's hook, on the analysed tokens only, and

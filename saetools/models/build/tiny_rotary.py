@@ -1,4 +1,4 @@
-"""Train the bundled ``tiny-rotary`` model (LM-Infinite reproduction, NOTES §0.2 and §6.4).
+"""Train the bundled ``tiny-rotary`` model (LM-Infinite reproduction, docs/README.md).
 
 ``tiny-rotary`` is ``tiny-ioi``'s architecture with rotary positions instead of learned ones,
 trained at a short context (``train_ctx`` tokens) on windows at random offsets of one *long*

@@ -1,0 +1,71 @@
+"""The claims of the quick tour (``notebooks/00_quickstart.ipynb``): the model solves IOI, some
+head matters for it, splicing an SAE with its error term changes nothing, and without it the
+SAE keeps most of the logit difference. The notebook makes each measurement with the public
+API in view; :func:`check` holds the thresholds in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from saetools.experiments.protocol import Profiles
+
+__all__ = ["ACCURACY_MIN", "ERROR_TERM_ATOL", "HEAD_DROP_MIN", "SPLICED_LD_MIN", "Config", "Result", "check"]
+
+ACCURACY_MIN = 0.9
+"""The model solves IOI: accuracy above this."""
+HEAD_DROP_MIN = 0.1
+"""Mean-ablating the most important head lowers the logit difference by at least this fraction."""
+ERROR_TERM_ATOL = 1e-4
+"""Splicing with the error term changes no logit by more than this."""
+SPLICED_LD_MIN = 0.5
+"""Without the error term the SAE keeps at least this fraction of the logit difference."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(Profiles):
+    """Sizes of the tour."""
+
+    n_prompts: int = 300
+    """IOI prompts evaluated."""
+    sae_prompts: int = 300
+    """IOI prompts whose activations train the SAE."""
+    sae_samples: int = 60_000
+    """Activations the SAE trains on (with repeats)."""
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {},
+        "full": {"n_prompts": 2000, "sae_prompts": 4000, "sae_samples": 2_000_000},
+    }
+    """Named configurations: ``"smoke"`` (CPU minutes) or ``"full"`` (GPU scale)."""
+
+
+@dataclass
+class Result:
+    """The tour's measurements."""
+
+    accuracy: float
+    """Fraction of prompts with ``logit(IO) > logit(S)`` at END."""
+    sweep: pd.DataFrame
+    """The single-head mean-ablation sweep, largest drop first (``frac_drop`` column)."""
+    max_logit_change_with_error: float
+    """Largest absolute logit change when the SAE is spliced with its error term."""
+    logit_diff: float
+    """Mean clean logit difference."""
+    logit_diff_spliced: float
+    """Mean logit difference with the SAE spliced without its error term."""
+
+
+def check(result: Result) -> None:
+    """Assert the four claims of the tour."""
+    assert result.accuracy > ACCURACY_MIN, f"the model should solve IOI: accuracy {result.accuracy:.3f}"
+    top = float(result.sweep.frac_drop.iloc[0])
+    assert top > HEAD_DROP_MIN, f"no head matters for IOI: the largest drop is {top:.0%}"
+    assert result.max_logit_change_with_error < ERROR_TERM_ATOL, (
+        f"splicing with the error term changed the logits by {result.max_logit_change_with_error:.2e}")
+    kept = result.logit_diff_spliced / result.logit_diff
+    assert kept > SPLICED_LD_MIN, f"the spliced SAE kept only {kept:.0%} of the logit difference"

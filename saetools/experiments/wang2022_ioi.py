@@ -1,0 +1,168 @@
+"""The IOI circuit (Wang et al. 2022, "Interpretability in the Wild"): logit difference by
+template, activation patching of the residual stream and of every head, the discovered circuit
+and its faithfulness. Behind ``notebooks/01_ioi_circuit.ipynb``; see ``docs/wang2022_ioi.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from saetools.circuits import Circuit, Discovery, Faithfulness, discover_circuit, faithfulness
+from saetools.circuits.patching import default_corruption, patch_heads, patch_resid
+from saetools.data import load_words
+from saetools.experiments.protocol import Profiles, subplots
+from saetools.tasks import ioi
+from saetools.widgets.plots import heatmap, scatter_roles
+
+__all__ = ["Config", "Result", "check", "figures", "run"]
+
+HEAD_PATCHES: tuple[tuple[str, str], ...] = (("z", "all"), ("q", "END"), ("k", "all"), ("v", "all"))
+"""(component, position) of the per-head patching sweeps shown."""
+ABC_DROP_MIN = 0.5
+"""The ABC corruption lowers the mean logit difference by at least this much (nats)."""
+KEPT_MIN = 0.7
+"""The circuit alone keeps at least this fraction of the logit difference."""
+REMOVED_MIN = 0.5
+"""Ablating the circuit removes at least this fraction of the logit difference."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(Profiles):
+    """What to measure."""
+
+    n_prompts: int = 120
+    """IOI prompts (Wang et al.'s templates, names that are one token for the model)."""
+    seed: int = 0
+    """Seeds the prompts; the ABC corruption uses ``seed + 1``."""
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {}, "full": {"n_prompts": 400}}
+    """Named configurations: ``"smoke"`` (a CPU minute) or ``"full"`` (more prompts)."""
+
+    def __post_init__(self) -> None:
+        if self.n_prompts < 8:
+            raise ValueError(f"Config.n_prompts must be >= 8, got {self.n_prompts}")
+
+
+@dataclass
+class Result:
+    """Everything the notebook shows."""
+
+    config: Config
+    clean: ioi.IOIBatch
+    """The IOI prompts."""
+    corrupted: ioi.IOIBatch
+    """Their ABC counterparts (a third name replaces S2 and IO's first mention)."""
+    by_template: pd.DataFrame
+    """Mean logit difference per template: ``logit_diff`` (clean) and ``abc`` (corrupted,
+    scored on the clean IO and S)."""
+    logit_diff: float
+    """Mean clean logit difference."""
+    logit_diff_abc: float
+    """Mean corrupted logit difference (clean answers)."""
+    accuracy: float
+    """Fraction of clean prompts with ``logit(IO) > logit(S)``."""
+    resid: pd.DataFrame
+    """Residual-stream patching (denoising), by layer and position; ``score`` 1 = clean run."""
+    heads: dict[str, pd.DataFrame]
+    """Per-head patching for each of :data:`HEAD_PATCHES`, keyed by component."""
+    discovery: Discovery
+    """Head roles and the per-head evidence."""
+    faithfulness: Faithfulness
+    """Mean logit differences with the circuit alone and with the circuit ablated."""
+    seconds: float
+
+    @property
+    def circuit(self) -> Circuit:
+        return self.discovery.circuit
+
+
+def run(model, cfg: Config) -> Result:
+    """Prompts, their ABC corruption, patching, circuit discovery and faithfulness."""
+    t0 = time.perf_counter()
+    names = ioi.single_token_words(model, load_words("names"))
+    clean = ioi.render(model, ioi.wang_spec(cfg.n_prompts, seed=cfg.seed, names=names))
+    corrupted = default_corruption(model, clean, seed=cfg.seed + 1)
+    with torch.no_grad():
+        ld = ioi.logit_diff(model(clean.tokens), clean)
+        ld_abc = ioi.logit_diff(model(corrupted.tokens), clean)
+    by_template = (clean.spec.assign(logit_diff=ld.cpu().numpy(), abc=ld_abc.cpu().numpy())
+                   .groupby("template")[["logit_diff", "abc"]].mean().sort_values("logit_diff"))
+    resid = patch_resid(model, clean, corrupted, positions=list(ioi.POSITIONS) + ["all"])
+    heads = {c: patch_heads(model, clean, corrupted, component=c, positions=p) for c, p in HEAD_PATCHES}
+    discovery = discover_circuit(model, clean, corrupted)
+    faith = faithfulness(model, clean, discovery.circuit, reference=corrupted)
+    return Result(config=cfg, clean=clean, corrupted=corrupted, by_template=by_template,
+                  logit_diff=float(ld.mean()), logit_diff_abc=float(ld_abc.mean()),
+                  accuracy=float((ld > 0).float().mean()), resid=resid, heads=heads, discovery=discovery,
+                  faithfulness=faith, seconds=time.perf_counter() - t0)
+
+
+def figures(result: Result) -> dict[str, Figure]:
+    """``{"by_template", "resid", "heads", "attention", "paths"}``."""
+    figs = {}
+    t = result.by_template
+    fig, ax = subplots(figsize=(7, 0.3 * len(t) + 1))
+    t.rename(columns={"logit_diff": "IOI", "abc": "ABC corruption"}).plot.barh(ax=ax)
+    ax.set(xlabel="mean logit(IO) - logit(S) at END", ylabel="template",
+           title="Logit difference by template")
+    ax.set_yticklabels([s[:60] for s in t.index], fontsize=7)
+    figs["by_template"] = fig
+    figs["resid"] = heatmap(result.resid, index="layer", columns="position", values="score", ax=_ax(4, 4),
+                            title="Residual stream patching (denoising)", label="normalised logit difference")
+    n_layers = int(result.resid.layer.max()) + 1
+    fig, axes = subplots(1, len(HEAD_PATCHES), figsize=(4 * len(HEAD_PATCHES), 0.6 * n_layers + 1.5))
+    for ax, (component, position) in zip(axes, HEAD_PATCHES):
+        heatmap(result.heads[component], index="layer", columns="head", values="score", ax=ax,
+                title=f"head {component} patched at {position}", label="normalised logit difference")
+    fig.tight_layout()
+    figs["heads"] = fig
+    figs["attention"] = scatter_roles(result.discovery.heads, x="end_io", y="end_s", ax=_ax(5, 4),
+                                      title="Attention from END: to IO vs to S")
+    figs["paths"] = _path_figure(result, n_layers)
+    return figs
+
+
+def _ax(w: float, h: float):
+    return subplots(figsize=(w, h))[1]
+
+
+def _path_figure(result: Result, n_layers: int) -> Figure:
+    roles, heads = result.circuit.roles, result.discovery.heads
+    fig, axes = subplots(1, 2, figsize=(10, 0.6 * n_layers + 1.5))
+    for ax, col, role, what in ((axes[0], "via_nm_q", "name_mover", "into the name movers' queries at END"),
+                                (axes[1], "via_si_v", "s_inhibition", "into the S-inhibition heads' values")):
+        if roles[role]:
+            heatmap(heads, index="layer", columns="head", values=col, ax=ax, label="fraction of the logit difference",
+                    title=f"Path patching {what} {list(roles[role])}")
+        else:
+            ax.set_axis_off()
+            ax.set_title(f"Path patching {what}: no {role.replace('_', ' ')} heads found", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def check(result: Result) -> None:
+    """Assert what the run supports: the corruption matters, patching every position restores
+    the clean run, heads that write the answer attend as their role says, and the circuit is
+    faithful (kept >= :data:`KEPT_MIN`, removed >= :data:`REMOVED_MIN`)."""
+    assert result.logit_diff > result.logit_diff_abc + ABC_DROP_MIN, (
+        f"the ABC corruption lowers the logit difference only from {result.logit_diff:.2f} to "
+        f"{result.logit_diff_abc:.2f}")
+    all_pos = result.resid[result.resid.position == "all"].score
+    assert ((all_pos - 1).abs() < 1e-3).all(), "patching every position must restore the clean run"
+    roles = result.circuit.roles
+    assert roles["name_mover"] or roles["s_suppression"], f"no head writes the answer directly: {roles}"
+    table = result.discovery.heads.set_index(["layer", "head"])
+    for role, attends, other in (("name_mover", "end_io", "end_s"), ("s_suppression", "end_s", "end_io")):
+        rows = table.loc[list(roles[role])] if roles[role] else table.iloc[:0]
+        assert (rows[attends] > rows[other]).all(), f"{role} heads must attend more to {attends[4:].upper()}"
+    f = result.faithfulness
+    assert f.kept >= KEPT_MIN, f"the circuit alone keeps only {f.kept:.0%} (< {KEPT_MIN:.0%})"
+    assert f.removed >= REMOVED_MIN, f"ablating the circuit removes only {f.removed:.0%} (< {REMOVED_MIN:.0%})"
