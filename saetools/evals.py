@@ -1,6 +1,7 @@
 """SAE evaluation: one call, one tidy row per SAE, every metric defined once.
 
-Definitions follow docs/README.md item 4 and §5.4 and, where sae-lens computes the same
+Definitions follow ``docs/README.md`` (conventions) and ``docs/shrinkage.md`` (both gammas) and,
+where sae-lens computes the same
 quantity (``sae_lens.evals.run_evals``, v6.54.12), its current convention; the tests in
 ``tests/test_evals.py`` prove agreement on the same SAE and tokens. Notation: ``x`` is the
 activation at the SAE's hook for one token, ``x_hat`` its reconstruction, ``f`` the latents;
@@ -58,7 +59,7 @@ def explained_variance(x: X, x_hat: X) -> float:
     """``1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)``; FVU is ``1 -`` this.
 
     The variance is the total variance about the mean (sae-lens >= 6.45.1
-    ``explained_variance``, docs/README.md: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2).
+    ``explained_variance``; ``docs/README.md``: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2).
     """
     x, x_hat = x.double(), x_hat.double()
     var = x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum()

@@ -38,7 +38,7 @@ TransformerLens config: {n_layers} layers, d_model {d_model}, {n_heads} heads of
 vocabulary {d_vocab} (the tiny-ioi byte-level BPE tokenizer). {n_params:,} parameters;
 `model.safetensors` is {size_mb:.2f} MB (float32, rotary tables included).
 `n_ctx = {n_ctx}` = {eval_factor} x the training length: TransformerLens grows its rotary table
-only up to n_ctx (docs/README.md), and rotary positions have no parameters, so this is free.
+only up to n_ctx (docs/han2023_lm_infinite.md), and rotary positions have no parameters, so this is free.
 `train_seq_length = {train_ctx}` records the training length.
 
 ## Training

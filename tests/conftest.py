@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -68,3 +69,26 @@ def bundled_model(_bundled):
 def bundled_model_shared(_bundled):
     """The bundled model shared read-only across tests (for expensive evaluations)."""
     return _bundled
+
+
+
+@contextlib.contextmanager
+def shape_checks_off():
+    """Shape and type checks off, as for a user: for tests of saetools's own error messages on
+    inputs of the wrong shape or type (under pytest, jaxtyping and beartype would reject them
+    first, before the message a user sees)."""
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
+@pytest.fixture
+def user_view():
+    """:func:`shape_checks_off` for a whole test."""
+    with shape_checks_off():
+        yield

@@ -86,7 +86,7 @@ def test_eps_lbo_denominators_are_ordered_and_nan_when_undefined():
     assert (dic[ok] <= act[ok] * (1 + 1e-12)).all() and (act[ok] <= l1[ok] * (1 + 1e-12)).all()
 
 
-def test_eps_lbo_bad_input():
+def test_eps_lbo_bad_input(user_view):
     z, f = torch.randn(4, 3), torch.randn(5, 6)
     with pytest.raises(ValueError, match="4 tokens but f_tilde has 5"):
         eps_lbo(z, f)
@@ -197,7 +197,7 @@ def test_toy_orthonormal_dictionary_has_zero_eps_lbo_and_theorem_holds():
         assert torch.nanquantile(l1, 1.0).item() <= toy.coherence * (1 + 1e-9) + 1e-12
 
 
-def test_toy_bad_config():
+def test_toy_bad_config(user_view):
     with pytest.raises(ValueError, match="ToyConfig.overlap"):
         ToyConfig(overlap=1.0)
     with pytest.raises(ValueError, match="ToyConfig.firing_probability"):

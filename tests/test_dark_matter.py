@@ -163,7 +163,7 @@ def test_scaling_regions_by_hand():
 
 # ---- tokens, collection, SAE decomposition ---------------------------------------------------------
 
-def test_position_mask_rule():
+def test_position_mask_rule(user_view):
     tokens = torch.zeros(2, 6, dtype=torch.long)
     keep = torch.ones(2, 6, dtype=torch.bool)
     keep[1, 4] = False
@@ -202,7 +202,7 @@ def test_decompose_equals_decomposing_the_sae_reconstruction():
     assert dec.summary()["l0"] == pytest.approx(float((f != 0).sum(-1).double().mean()))
 
 
-def test_decompose_refuses_bad_input():
+def test_decompose_refuses_bad_input(user_view):
     x = torch.randn(100, 8)
     with pytest.raises(ValueError, match="both be"):
         dm.decompose_reconstruction(x, x[:, :4])
@@ -250,7 +250,7 @@ def test_splice_ce_removes_its_hooks_after_an_exception(random_model):
     assert torch.isfinite(logits).all()
 
 
-def test_splice_ce_refuses_bad_input(random_model):
+def test_splice_ce_refuses_bad_input(user_view, random_model):
     sae = random_standard_sae(d_in=32, hook="blocks.1.hook_resid_pre")
     tokens = torch.randint(0, 1000, (2, 8), generator=_gen(10))
     mask = dm.position_mask(tokens, drop_first=1)
@@ -320,7 +320,7 @@ def test_noise_injection_on_a_planted_sae():
         dm.noise_injection(sae, x, act_sigmas=(-1.0,))
 
 
-def test_experiment_config_validation():
+def test_experiment_config_validation(user_view):
     from saetools.experiments.engels2024_dark_matter import Config
 
     assert Config.profile("full").source == "pretrained"

@@ -15,7 +15,7 @@ def test_word_lists_are_unique_and_nonempty():
         assert len(words) == len(set(words)) > 20
 
 
-def test_unknown_word_list_is_a_clear_error():
+def test_unknown_word_list_is_a_clear_error(user_view):
     with pytest.raises(ValueError, match="names"):
         load_words("animals")
 
@@ -47,7 +47,7 @@ def test_corpus_is_deterministic_in_its_seed():
     assert generate_documents(50, seed=3) != generate_documents(50, seed=4)
 
 
-def test_corpus_config_validates():
+def test_corpus_config_validates(user_view):
     with pytest.raises(ValueError, match="ioi"):
         CorpusConfig(ioi=-1)
 

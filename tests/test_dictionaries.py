@@ -137,7 +137,7 @@ def test_variance_explained_and_encode_decode_interface():
     assert len(d.feature_names) == d.d_sae and d.feature_names[0].startswith("io=")
 
 
-def test_supervised_errors_are_clear():
+def test_supervised_errors_are_clear(user_view):
     spec = factorial_spec(1)
     x, _ = planted(spec)
     with pytest.raises(ValueError, match="n_prompts"):

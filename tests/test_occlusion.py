@@ -213,7 +213,7 @@ def test_toy_sweep_shows_the_collapse():
     assert (t.l0 == 1).all()
 
 
-def test_config_errors_name_the_field():
+def test_config_errors_name_the_field(user_view):
     with pytest.raises(ValueError, match="ratios"):
         ToyOcclusionConfig(ratios=())
     with pytest.raises(ValueError, match="architecture"):

@@ -154,7 +154,7 @@ def test_no_hook_survives_an_exception_inside_patching(random_model, pair, monke
         assert attached_hook_count(random_model) == before
 
 
-def test_bad_inputs_name_the_fix(random_model, pair):
+def test_bad_inputs_name_the_fix(user_view, random_model, pair):
     clean, corrupted = pair
     with pytest.raises(ValueError, match="same token layout"):
         patching.patch_heads(random_model, clean, corrupted[:5])

@@ -130,7 +130,7 @@ def test_sae_gradient_pursuit_uses_each_tokens_sae_l0():
         ({"bias": torch.zeros(3)}, "bias"),
     ],
 )
-def test_bad_input_is_refused_clearly(kwargs, match):
+def test_bad_input_is_refused_clearly(user_view, kwargs, match):
     args = {"x": torch.randn(4, 6), "dictionary": torch.randn(10, 6), "l0": torch.ones(4, dtype=torch.long)}
     rest = {k: kwargs.pop(k) for k in ("variant", "bias") if k in kwargs}
     args.update(kwargs)

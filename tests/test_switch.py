@@ -257,7 +257,7 @@ def test_train_sae_trains_a_switch_sae(bundled_model, tmp_path):
     ({"load_balance_coefficient": -1.0}, r"load_balance_coefficient must be >= 0"),
     ({"decoder_init_norm": 0.1}, r"decoder_init_norm must be None"),
 ])
-def test_bad_configs_are_clear_errors(kwargs, match):
+def test_bad_configs_are_clear_errors(user_view, kwargs, match):
     base = {"d_in": 16, "d_sae": 64, "n_experts": 4, "k": 4}
     with pytest.raises(ValueError, match=match):
         SwitchTrainingSAEConfig(**{**base, **kwargs})

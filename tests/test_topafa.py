@@ -73,7 +73,7 @@ def test_topafa_mask_hand_computed():
                        torch.tensor([False, False, False, True]))
 
 
-def test_topafa_mask_bad_input():
+def test_topafa_mask_bad_input(user_view):
     with pytest.raises(ValueError, match=r"target must have shape \(3,\)"):
         topafa_mask(torch.rand(3, 8), torch.ones(8), torch.ones(4))
     with pytest.raises(ValueError, match=r"decoder_norms must have shape \(8,\)"):
@@ -178,7 +178,7 @@ def test_train_save_load_round_trip(tmp_path):
         torch.testing.assert_close(loaded(x)[same], sae(x)[same], **F32)
 
 
-def test_config_errors():
+def test_config_errors(user_view):
     meta = SAEMetadata(hook_name=HOOK)
     with pytest.raises(ValueError, match="covariance_whitening"):
         TopAFATrainingSAEConfig(d_in=4, d_sae=8, metadata=meta, normalize_activations="covariance_whitening")

@@ -96,7 +96,7 @@ def afa_bounds(z_norm, c) -> tuple[np.ndarray, np.ndarray]:
 
 
 def eps_lbo(
-    z: Float[Tensor, "n d"],
+    z: Float[Tensor, "n d"] | Float[Tensor, " n"],
     f_tilde: Float[Tensor, "n m"],
     *,
     h: int | None = None,

@@ -1,4 +1,4 @@
-"""A toy superposition generator with ground truth (docs/README.md, "Toy superposition generator").
+"""A toy superposition generator with ground truth (``docs/lee2025_top_afa.md``).
 
 ``z = sum_i f_i w_i + b + noise``: ``h`` unit-norm feature directions ``w_i`` in ``d``
 dimensions (``h`` may exceed ``d``: superposition), sparse non-negative activations ``f``,

@@ -80,7 +80,7 @@ class Config(Profiles):
     standardise: tuple[bool, ...] = (True, False)
     """top-AFA variants: per-token standardisation (the paper's ``input_unit_norm``, sae-lens
     ``"layer_norm"``) and/or raw activations scaled by one constant (``"expected_average_only_in"``,
-    the variant docs/lee2025_top_afa.md asks for)."""
+    the variant ``docs/lee2025_top_afa.md`` explains)."""
     bundled: tuple[str, ...] = ("resid2-topk16", "resid2-standard")
     """Bundled SAEs to include (those whose hook is this run's hook)."""
     pretrained: tuple[tuple[str, str], ...] = ()

@@ -72,7 +72,7 @@ def _check_tokens(model, tokens: Tensor) -> None:
         raise ValueError(f"tokens must be a [batch, pos] long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.cfg.n_ctx={model.cfg.n_ctx} "
-                         "(TransformerLens's rotary table stops there; docs/README.md)")
+                         "(TransformerLens's rotary table stops there)")
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from saetools.widgets.html import OfflineHTML, WidgetWithFallback, attention_heads_html, table_html
 
@@ -20,6 +20,7 @@ __all__ = ["PanelBackend", "IOIPanel"]
 Head = tuple[int, int]
 
 
+@runtime_checkable
 class PanelBackend(Protocol):
     """What the panel needs: example prompts, the model's shape, and ``run``."""
 

@@ -7,8 +7,8 @@ the other (docs/engels2024_dark_matter.md). Definitions, once:
 * :func:`vector_r2` -- the paper's "vector R^2": the *mean over dimensions* of :func:`r2_per_dim`;
 * :func:`pooled_r2` -- ``1 - sum ||y - yhat||^2 / sum ||y - mean y||^2`` (1 - FVU of the prediction);
 * :func:`norm_r2` -- R^2 of the linear prediction of ``||error||^2`` from ``x`` (with intercept);
-* :func:`norm_r2_matrix` -- cross-width prediction of per-token error norms (docs/engels2024_dark_matter.md item 3);
-* :func:`component_regressions` -- errors predicted from earlier components (docs/engels2024_dark_matter.md item 6b).
+* :func:`norm_r2_matrix` -- cross-width prediction of per-token error norms (``docs/engels2024_dark_matter.md``, finding 3);
+* :func:`component_regressions` -- errors predicted from earlier components (``docs/engels2024_dark_matter.md``, finding 5).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class LinearFit:
     intercept: bool
     """Whether ``b`` was fitted."""
 
-    def predict(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_out"]:
+    def predict(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_out"] | Float[Tensor, " n"]:
         """``x W + b`` (computed in float64, returned in ``x``'s dtype)."""
         if x.shape[-1] != self.weight.shape[0]:
             raise ValueError(f"LinearFit expects inputs of width {self.weight.shape[0]}, got {tuple(x.shape)}")
@@ -150,7 +150,7 @@ def norm_r2_matrix(norms: Float[Tensor, "models n"], fit_idx: Tensor, eval_idx: 
     """``R[i, j]``: R^2 on ``eval_idx`` of ``norms[j] ≈ a norms[i] (+ e extra[i]) + c`` fit on ``fit_idx``.
 
     With ``norms`` the per-token error norms ``||SaeError||`` of a series of SAEs, a high
-    off-diagonal ``R`` means the SAEs fail on the same tokens (docs/engels2024_dark_matter.md item 3). With
+    off-diagonal ``R`` means the SAEs fail on the same tokens (``docs/engels2024_dark_matter.md``, finding 3). With
     ``extra`` (e.g. the ``||NonlinearError||`` of each SAE) as a second regressor,
     ``R_extra - R`` is the gain from it.
     """
@@ -171,7 +171,7 @@ def component_regressions(sources: Mapping[str, Tensor], targets: Mapping[str, T
                           fit_idx: Tensor, eval_idx: Tensor, *, ridge: float = 0.0) -> pd.DataFrame:
     """Linear prediction (with intercept) of each target from each source, fit on one half.
 
-    docs/engels2024_dark_matter.md item 6b: e.g. sources = the previous layer's residual and its SAE's parts, the
+    ``docs/engels2024_dark_matter.md``, finding 5: e.g. sources = the previous layer's residual and its SAE's parts, the
     attention and MLP outputs; targets = this layer's SaeError, LinearError, NonlinearError.
 
     Returns:

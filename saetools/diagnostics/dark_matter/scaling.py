@@ -1,6 +1,6 @@
 """Width scaling of SAE error: power law plus constant, and the stacked decomposition.
 
-Engels et al. (2024), Fig. 1 (docs/engels2024_dark_matter.md item 2): at fixed L0, ``FVU(Sae)`` falls with width
+Engels et al. (2024), Fig. 1 (``docs/engels2024_dark_matter.md``, finding 2): at fixed L0, ``FVU(Sae)`` falls with width
 ``W`` like ``c + a W^m``; the asymptote ``c`` is the "dark matter" that width does not remove,
 and it splits into a linearly predictable part and a nonlinear part.
 """

@@ -1,4 +1,4 @@
-"""Train the bundled ``tiny-rotary`` model (LM-Infinite reproduction, docs/README.md).
+"""Train the bundled ``tiny-rotary`` model (LM-Infinite reproduction, ``docs/han2023_lm_infinite.md``).
 
 ``tiny-rotary`` is ``tiny-ioi``'s architecture with rotary positions instead of learned ones,
 trained at a short context (``train_ctx`` tokens) on windows at random offsets of one *long*
