@@ -89,7 +89,7 @@ def l2_ratio(x: X, x_hat: X) -> float:
 
 
 def gamma_saelens(x: X, x_hat: X) -> float:
-    """``E ||x_hat||^2 / E [x_hat . x]`` = argmin_g E||x_hat / g - x||^2 (Gated SAEs paper v1, docs/shrinkage.md).
+    """``E ||x_hat||^2 / E [x_hat . x]`` = argmin_g E||x_hat / g - x||^2 (Gated SAEs paper v1).
 
     sae-lens's ``relative_reconstruction_bias``; < 1 means shrinkage.
     """
@@ -98,7 +98,7 @@ def gamma_saelens(x: X, x_hat: X) -> float:
 
 
 def gamma_proj(x: X, x_hat: X) -> float:
-    """``E [x_hat . x] / E ||x||^2`` = argmin_g E||x_hat - g x||^2 (corrected definition, docs/shrinkage.md)."""
+    """``E [x_hat . x] / E ||x||^2`` = argmin_g E||x_hat - g x||^2 (corrected definition)."""
     x, x_hat = x.double(), x_hat.double()
     return ((x_hat * x).sum(-1).mean() / x.pow(2).sum(-1).mean()).item()
 

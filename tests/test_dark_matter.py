@@ -1,4 +1,7 @@
-"""SAE dark matter (docs/engels2024_dark_matter.md): regressions against closed-form answers on planted data."""
+"""SAE dark matter: regressions against closed-form answers on planted data.
+
+See ``docs/engels2024_dark_matter.md``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Supervised dictionaries and their metrics on synthetic nodes with planted codes (Makelov et al.
-2024, docs/makelov2024_supervised_dictionaries.md): recovery of the planted codes, edits that reproduce the counterfactual
+2024): recovery of the planted codes, edits that reproduce the counterfactual
 activation, and a naive per-prompt / per-latent reference for every vectorised metric."""
 
 from __future__ import annotations

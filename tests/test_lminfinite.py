@@ -1,5 +1,9 @@
-"""LM-Infinite (Han et al. 2023, docs/han2023_lm_infinite.md): hooks equal a direct reference computation, the lean
-path equals the hooks, hooks never survive an exception, and the tiny-rotary reproduction."""
+"""LM-Infinite (Han et al. 2023): hooks equal a direct reference computation, the lean
+path equals the hooks, hooks never survive an exception, and the tiny-rotary reproduction.
+
+See ``docs/han2023_lm_infinite.md`` for the method and where saetools differs from the authors'
+code.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ def rope(x: torch.Tensor, t: float, base: float = 10000.0) -> torch.Tensor:
 
 
 def reference_pattern(q, k, cfg: LMInfiniteConfig) -> torch.Tensor:
-    """docs/han2023_lm_infinite.md pseudocode, one loop per (head, i, j); q, k pre-rotary ``[pos, head, d]``."""
+    """The rule of ``docs/han2023_lm_infinite.md``, one loop per (head, i, j); q, k pre-rotary
+    ``[pos, head, d]``."""
     n, n_heads, d = q.shape
     cap = min(cfg.cap, n - 1)
     out = torch.zeros(n_heads, n, n, dtype=torch.float64)

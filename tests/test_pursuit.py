@@ -1,4 +1,7 @@
-"""Gradient pursuit (docs/engels2024_dark_matter.md): the batched version against the literal per-token rule."""
+"""Gradient pursuit: the batched version against the literal per-token rule.
+
+See ``docs/engels2024_dark_matter.md``.
+"""
 
 from __future__ import annotations
 

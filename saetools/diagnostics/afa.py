@@ -1,4 +1,4 @@
-"""Approximate feature activation (AFA), ZF plots and epsilon_LBO (Lee et al. 2025, arXiv 2503.24277; docs/lee2025_top_afa.md).
+"""Approximate feature activation (AFA), ZF plots and epsilon_LBO (Lee et al. 2025, arXiv 2503.24277).
 
 Theory. If a dense activation is ``z = sum_i f_i w_i`` with unit-norm directions that are
 epsilon-quasi-orthogonal (``|<w_i, w_j>| <= epsilon`` for ``i != j``), then
@@ -41,6 +41,8 @@ Each is a lower bound on the coherence of any dictionary that reproduces ``z`` e
 epsilon_LBO is the median over tokens (:meth:`ZFData.summary` also gives the mean and 90th
 percentile). Points with ``||f~|| > ||z||`` are *over-activated*, below the diagonal
 *under-activated*.
+
+See ``docs/lee2025_top_afa.md`` for the method and where saetools differs from the authors' code.
 """
 
 from __future__ import annotations

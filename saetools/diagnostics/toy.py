@@ -133,7 +133,7 @@ class ToySuperposition:
     @property
     def coherence(self) -> float:
         """``max_{i != j} |<w_i, w_j>|``: the smallest ``epsilon`` for which the directions are
-        epsilon-quasi-orthogonal (docs/lee2025_top_afa.md), computed in float64 on the rows renormalised in
+        epsilon-quasi-orthogonal, computed in float64 on the rows renormalised in
         float64 (the stored float32 rows are unit only to about 1e-7)."""
         w = self.W.double()
         w = w / w.norm(dim=-1, keepdim=True)  # float64 unit rows: exact up to float64 rounding

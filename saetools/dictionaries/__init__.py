@@ -1,4 +1,4 @@
-"""Supervised feature dictionaries and their evaluation (Makelov, Lange & Nanda 2024, docs/makelov2024_supervised_dictionaries.md).
+"""Supervised feature dictionaries and their evaluation (Makelov, Lange & Nanda 2024).
 
 * :mod:`~saetools.dictionaries.nodes` -- nodes (an activation at a semantic position),
   cross-sections from a circuit, and which heads carry an attribute (:func:`attribute_patching`);
@@ -12,6 +12,9 @@
 * :mod:`~saetools.dictionaries.ioi_saes` -- SAEs trained per node with the paper's schedule;
 * :mod:`~saetools.dictionaries.occlusion` -- occlusion (an attribute hidden behind a stronger one)
   and over-splitting (an attribute spread over many latents).
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from saetools.dictionaries.approximation import Approximation, approximation, ld_recovered, shared_residual

@@ -1,4 +1,4 @@
-"""Approximation: sufficiency and necessity of a dictionary at a set of nodes (docs/makelov2024_supervised_dictionaries.md).
+"""Approximation: sufficiency and necessity of a dictionary at a set of nodes.
 
 With ``LD`` the mean logit difference over the evaluation prompts:
 
@@ -16,6 +16,9 @@ the wrong way scores below 0 instead of looking good.
 
 Supervised dictionaries reconstruct from the prompts' labels (a fixed tensor per node); SAEs
 reconstruct the value flowing through the node in the same run.
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations

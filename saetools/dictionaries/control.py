@@ -1,4 +1,4 @@
-"""Control: editing an attribute at a set of nodes, scored against counterfactual patching (docs/makelov2024_supervised_dictionaries.md).
+"""Control: editing an attribute at a set of nodes, scored against counterfactual patching.
 
 To change attribute ``a`` of prompt ``p`` from ``v`` to ``v'``:
 
@@ -31,6 +31,9 @@ To change attribute ``a`` of prompt ``p`` from ``v`` to ``v'``:
    supervised edit it is the attribute's feature weight (:meth:`SupervisedDictionary.feature_weights`).
 
 All edits are vectorised over prompts (the greedy choice over all latents at once per step).
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations

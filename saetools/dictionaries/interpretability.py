@@ -1,4 +1,4 @@
-"""Interpretability of dictionary latents against IOI attribute values (docs/makelov2024_supervised_dictionaries.md).
+"""Interpretability of dictionary latents against IOI attribute values.
 
 On a set of prompts, latent ``j`` is **active** iff its activation is non-zero (ReLU / gated:
 ``f_j > 0``; TopK, including the no-ReLU variant: selected). For latent ``j`` and attribute
@@ -12,6 +12,9 @@ All three are computed for every (latent, value) pair at once with one matrix pr
 activity and one-hot label matrices. :func:`grouped_f1` scores a latent against the union of
 its best ``m <= 10`` values (latents that encode a *group* of names); :func:`mean_max_cosine`
 compares supervised codes with SAE decoder rows.
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SAEs trained on one node's IOI activations, with the paper's schedule shape (docs/makelov2024_supervised_dictionaries.md).
+"""SAEs trained on one node's IOI activations, with the paper's schedule shape.
 
 Makelov, Lange & Nanda (2024) train a small SAE per node (8x its width) on the node's
 activations over the IOI training prompts:
@@ -25,6 +25,9 @@ editing the weights. The loop below reuses sae-lens's training SAE classes, thei
 
 :func:`webtext_attention_saes` loads the OpenWebText attention-output SAEs (Kissane et al.,
 sae-lens release ``gpt2-small-hook-z-kk``) that the paper compares against on GPT-2.
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations

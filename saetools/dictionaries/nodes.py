@@ -1,15 +1,18 @@
-"""Nodes: one activation at one semantic position of an IOI prompt (Makelov et al. 2024, docs/makelov2024_supervised_dictionaries.md).
+"""Nodes: one activation at one semantic position of an IOI prompt (Makelov et al. 2024).
 
 A :class:`Node` is a head activation (``q``, ``k``, ``v`` or ``z`` of one head, or ``z`` of all
 heads concatenated as sae-lens's attention SAEs see it) or a residual / attention / MLP output,
 read at a semantic position (IO, S1, S1+1, S2, END) that is looked up *per prompt*: positions
-differ between ABB and BAB prompts, so no fixed column is ever assumed (docs/makelov2024_supervised_dictionaries.md).
+differ between ABB and BAB prompts, so no fixed column is ever assumed.
 
 Nodes come from a circuit (:func:`circuit_nodes`): each role maps to the activations Makelov et
 al. study for it, and nodes group into **cross-sections** (role x attribute) that are
 edited jointly. :func:`node_acts` reads many nodes in one forward pass; :func:`run_with_nodes`
 replaces them (with fixed values or with a function of the value flowing through) inside a
 scope that removes every hook, even after an exception.
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ class CrossSection:
     nodes: tuple[Node, ...]
 
 
-# Makelov et al.'s nodes per role (docs/makelov2024_supervised_dictionaries.md): (kind, position) pairs, and which attributes each
+# Makelov et al.'s nodes per role: (kind, position) pairs, and which attributes each
 # role's nodes are edited for. ``s_suppression`` (our role for heads that attend END -> S and
 # write against S, the bundled model's mechanism) and ``io_mover`` (heads that carry IO to END
 # without a direct effect) are read like name movers.

@@ -1,4 +1,4 @@
-"""Feature occlusion and over-splitting (Makelov, Lange & Nanda 2024, docs/makelov2024_supervised_dictionaries.md).
+"""Feature occlusion and over-splitting (Makelov, Lange & Nanda 2024).
 
 The paper names two ways an SAE can fail an attribute that a supervised dictionary
 (:mod:`saetools.dictionaries.supervised`) captures:
@@ -37,7 +37,7 @@ the candidate latent that maximises the union's F1 (ties: the lowest latent inde
 precision is at least ``target / (2 - target)`` (0.818 for 0.9): a union reaches F1 ``t`` only
 if its precision is at least ``t / (2 - t)`` (``F1 <= 2P / (1 + P)``), and a dense, imprecise
 latent would otherwise win the first step (a latent firing everywhere has F1 ``2/3`` for a
-balanced binary value, docs/makelov2024_supervised_dictionaries.md) and cap every later union below the target. The **count**
+balanced binary value) and cap every later union below the target. The **count**
 is the number of latents at the first step where the union's F1 reaches ``target``; it is an
 upper bound on the smallest such union (finding that one is a set-cover problem). Every greedy
 step scores all latents with one matrix-vector product.
@@ -45,6 +45,9 @@ step scores all latents with one matrix-vector product.
 **Dense baseline.** A latent that fires on every prompt has F1 ``2 n_v / (n + n_v)`` for a value
 with ``n_v`` of ``n`` prompts (``2/3`` for a balanced binary value); tables report it as
 ``f1_dense`` so that a "best F1" near it reads as "no latent for this attribute".
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations
@@ -440,7 +443,7 @@ def toy_occlusion_sweep(cfg: ToyOcclusionConfig = ToyOcclusionConfig(), *, progr
     """Train one SAE per ratio ``alpha / beta`` and score both attributes' best latent F1.
 
     The weaker attribute's best F1 collapses once the other one dominates; the table shows
-    where. Inputs are scaled to mean norm ``sqrt(d)`` (the paper's normalisation, docs/makelov2024_supervised_dictionaries.md).
+    where. Inputs are scaled to mean norm ``sqrt(d)`` (the paper's normalisation).
     """
     from saetools.training import train_sae
 

@@ -1,4 +1,4 @@
-"""Supervised feature dictionaries for IOI attributes (Makelov, Lange & Nanda 2024, docs/makelov2024_supervised_dictionaries.md).
+"""Supervised feature dictionaries for IOI attributes (Makelov, Lange & Nanda 2024).
 
 For the activations ``A`` (``[n, d]``) of one node over ``n`` prompts and attributes with
 values per prompt (IO name, S name, Pos = the pattern ABB / BAB):
@@ -25,6 +25,9 @@ A :class:`SupervisedDictionary` has the interface of an SAE where it matters: ``
 feature activations (one-hot over the ``(group, value)`` features, so it needs the prompts'
 labels), ``decode(f) = f @ W_dec + b_dec``, and ``W_dec`` / ``b_dec`` hold the codes. The same
 evaluation code scores it and an SAE (:class:`SAEDictionary`).
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ class SupervisedDictionary:
     # -- feature weights and edits --------------------------------------------------------------
     def feature_weights(self, spec: pd.DataFrame) -> pd.DataFrame:
         """Per prompt and group, ``w_g = <u_{g,g(p)}, r> / ||r||^2`` with ``r = A_hat_p - u_bias``
-        (docs/makelov2024_supervised_dictionaries.md): the share of the reconstruction a feature carries (sums to 1 over groups)."""
+       : the share of the reconstruction a feature carries (sums to 1 over groups)."""
         r = self.reconstruct(spec) - self.b_dec
         denom = (r * r).sum(-1).clamp_min(1e-12)
         return pd.DataFrame({",".join(g): ((self.code(spec, g) * r).sum(-1) / denom).numpy() for g in self.groups})
@@ -150,7 +153,7 @@ class SupervisedDictionary:
              attribute: str, method: Literal["arithmetic", "zero_ablate_subspace", "mean_ablate_subspace"] = "arithmetic",
              ) -> Float[Tensor, "n d"]:
         """Change ``attribute`` of the activations ``x`` from its value in ``spec`` to its value
-        in ``counterfactual`` (docs/makelov2024_supervised_dictionaries.md): for every group containing the attribute,
+        in ``counterfactual``: for every group containing the attribute,
 
         * ``"arithmetic"``: ``x - u_old + u_new``;
         * ``"zero_ablate_subspace"``: remove ``x``'s component along ``u_old / ||u_old||``, add ``u_new``;

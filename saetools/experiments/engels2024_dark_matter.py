@@ -1,12 +1,15 @@
-"""SAE dark matter across widths (Engels, Smith & Tegmark 2024, arXiv 2410.14670; docs/engels2024_dark_matter.md).
+"""SAE dark matter across widths (Engels, Smith & Tegmark 2024, arXiv 2410.14670).
 
 A series of SAEs at fixed L0 and growing width on one residual stream: TopK SAEs trained here
 with :func:`saetools.train_sae` (``source="train"``), or sae-lens's GPT-2 feature-splitting
-series (``source="pretrained"``, docs/engels2024_dark_matter.md). On held-out tokens (early positions dropped,
+series (``source="pretrained"``). On held-out tokens (early positions dropped,
 :func:`~saetools.diagnostics.dark_matter.position_mask`) each SAE's error is split into its
 linear prediction from ``x`` and the rest (:mod:`saetools.diagnostics.dark_matter`), each
 token is re-encoded by gradient pursuit at the SAE's own L0 (:mod:`saetools.diagnostics.dark_matter.pursuit`), and the
 parts are spliced back into the model. One fit/eval split serves every regression.
+
+See ``docs/engels2024_dark_matter.md`` for the method and where saetools differs from the authors'
+code.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Config(Profiles):
     """Analyse ``blocks.{layer}.hook_resid_pre``; default the middle layer (needs ``layer >= 1``)."""
     widths: tuple[int, ...] = (128, 256, 512, 1024)
     """Latents of the trained series (``source="train"``); at least ``d_model`` each, the regime of
-    real SAEs (an undercomplete SAE leaves a large linear error, docs/engels2024_dark_matter.md)."""
+    real SAEs (an undercomplete SAE leaves a large linear error)."""
     k: int = 8
     """TopK's L0, the same for every width (``source="train"``)."""
     prev_width: int = 128

@@ -1,8 +1,8 @@
-"""AFA, ZF plots, epsilon_LBO and top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277; docs/lee2025_top_afa.md).
+"""AFA, ZF plots, epsilon_LBO and top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277).
 
 Three parts, all on quantities defined once in :mod:`saetools.diagnostics.afa` and :mod:`saetools.evals`:
 
-1. **Toy ground truth** (docs/lee2025_top_afa.md): :class:`saetools.diagnostics.toy.ToySuperposition` with a knob on how
+1. **Toy ground truth**: :class:`saetools.diagnostics.toy.ToySuperposition` with a knob on how
    far from orthogonal the true feature directions are. The true dictionary's epsilon_LBO is 0
    for orthonormal directions and grows with the overlap; the AFA bound of docs/lee2025_top_afa.md holds
    token by token (``eps_LBO`` with the exact ``l1`` denominator never exceeds the true
@@ -11,9 +11,11 @@ Three parts, all on quantities defined once in :mod:`saetools.diagnostics.afa` a
 2. **ZF plots and epsilon_LBO of real SAEs** on the same held-out activations: the bundled
    SAEs (or sae-lens pretrained ones on GPT-2) and every SAE trained in part 3.
 3. **top-AFA vs TopK vs BatchTopK** trained with :func:`saetools.train_sae` on the same
-   activations (docs/lee2025_top_afa.md), with and without the paper's per-token standardisation
-   (docs/lee2025_top_afa.md), converted to their inference form (save / ``SAE.load_from_disk``: BatchTopK
+   activations, with and without the paper's per-token standardisation
+  , converted to their inference form (save / ``SAE.load_from_disk``: BatchTopK
    becomes a JumpReLU) and evaluated with :func:`saetools.evals.evaluate_saes`.
+
+See ``docs/lee2025_top_afa.md`` for the method and where saetools differs from the authors' code.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ PAPER_LAYER6 = pd.DataFrame(
      ("top-AFA", "1/64", 1110.0, 0.0291), ("top-AFA", "1/32", 2037.0, 1.64e-4)],
     columns=["activation", "k / lambda_AFA", "L0", "normalised MSE"],
 )
-"""Reported by the authors for GPT-2 small layer 6, 12,288 latents (their exported results, docs/lee2025_top_afa.md, tagged [code]); a reference for the ``"full"`` profile, not produced by this module."""
+"""Reported by the authors for GPT-2 small layer 6, 12,288 latents (their exported results); a
+reference for the ``"full"`` profile, not produced by this module."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,7 +140,7 @@ class Config(Profiles):
             "toy_samples": 20_000,
         },
     }
-    """Named configurations: ``"smoke"`` (CPU, under a minute) or ``"full"`` (GPT-2 small layer 8, GPU; docs/lee2025_top_afa.md)."""
+    """Named configurations: ``"smoke"`` (CPU, under a minute) or ``"full"`` (GPT-2 small layer 8, GPU)."""
 
 
 @dataclass
@@ -155,13 +158,13 @@ class Result:
     zf: dict[str, ZFData]
     """AFA quantities of every SAE on the held-out activations."""
     afa_target: pd.DataFrame
-    """Spread of the top-AFA target ``||x_n - b_dec||`` over tokens, per top-AFA SAE (docs/lee2025_top_afa.md)."""
+    """Spread of the top-AFA target ``||x_n - b_dec||`` over tokens, per top-AFA SAE."""
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
 
 
 def toy_bounds(toy: ToySuperposition, n: int, *, seed: int, name: str) -> tuple[dict, ZFData]:
-    """AFA bounds of a toy's *true* dictionary and codes (noise-free; docs/lee2025_top_afa.md).
+    """AFA bounds of a toy's *true* dictionary and codes (noise-free).
 
     Returns a row with the coherence ``eps``, ``c = eps (h - 1)``, the median epsilon_LBO
     (paper denominator), the largest ``l1`` epsilon_LBO divided by ``eps`` (at most 1 by the

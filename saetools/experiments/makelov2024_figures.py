@@ -1,7 +1,10 @@
-"""Figures of :mod:`saetools.experiments.makelov2024_supervised_dictionaries` (Makelov, Lange & Nanda 2024, docs/makelov2024_supervised_dictionaries.md).
+"""Figures of :mod:`saetools.experiments.makelov2024_supervised_dictionaries` (Makelov, Lange & Nanda 2024).
 
 Each function takes a :class:`saetools.experiments.makelov2024_supervised_dictionaries.Result` and returns a matplotlib
 figure whose axes name the metric's definition.
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ __all__ = ["figures", "plot_approximation", "plot_edits", "plot_interpretability
 
 
 def plot_approximation(result):
-    """Sufficiency and necessity per node set and dictionary (docs/makelov2024_supervised_dictionaries.md)."""
+    """Sufficiency and necessity per node set and dictionary."""
     t = result.approximation
     sets = list(dict.fromkeys(t.nodes))
     fig, axes = subplots(1, 2, figsize=(13, 0.5 * len(t.dictionary.unique()) * len(sets) / 2 + 2.5), sharey=True)
@@ -34,7 +37,7 @@ def plot_approximation(result):
 
 
 def plot_edits(result):
-    """Edit accuracy (x) vs weight removed (y), interpretation-aware and -agnostic (docs/makelov2024_supervised_dictionaries.md)."""
+    """Edit accuracy (x) vs weight removed (y), interpretation-aware and -agnostic."""
     e = result.edits
     sections = list(dict.fromkeys(e.section))
     colors = dict(zip(sections, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
@@ -64,7 +67,7 @@ def plot_edits(result):
 
 
 def plot_interpretability(result):
-    """Best-latent F1 per attribute value and mean-max cosine with supervised codes, per SAE variant (docs/makelov2024_supervised_dictionaries.md)."""
+    """Best-latent F1 per attribute value and mean-max cosine with supervised codes, per SAE variant."""
     attrs = list(ioi.ATTRIBUTES)
     fig, axes = subplots(2, len(attrs), figsize=(14, 6.5))
     for j, attr in enumerate(attrs):
@@ -86,7 +89,7 @@ def plot_interpretability(result):
 def plot_occlusion(result):
     """Left: the toy sweep (best F1 of each attribute vs alpha/beta). Middle and right: real nodes,
     code-norm ratio vs best latent F1 (all SAE variants) and vs the supervised single-node edit
-    accuracy (docs/makelov2024_supervised_dictionaries.md). Drawn with :mod:`saetools.widgets.makelov`'s figures."""
+    accuracy. Drawn with :mod:`saetools.widgets.makelov`'s figures."""
     from saetools.widgets.makelov import occlusion_figure, toy_occlusion_figure
 
     fig, axes = subplots(1, 3, figsize=(17, 4.5))

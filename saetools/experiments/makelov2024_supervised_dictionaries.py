@@ -1,6 +1,6 @@
-"""Supervised feature dictionaries vs SAEs on IOI (Makelov, Lange & Nanda 2024, docs/makelov2024_supervised_dictionaries.md).
+"""Supervised feature dictionaries vs SAEs on IOI (Makelov, Lange & Nanda 2024).
 
-``run`` builds everything the paper's headline figures need (docs/makelov2024_supervised_dictionaries.md) on one model:
+``run`` builds everything the paper's headline figures need on one model:
 
 1. **nodes** from the model's circuit -- GPT-2: the Wang et al. heads the paper uses; a bundled
    model: its own discovered circuit (:func:`saetools.circuits.discover_circuit`), plus the
@@ -9,7 +9,7 @@
 2. **supervised dictionaries** per node (mean codes) fitted on the "full" prompt distribution.
    Per node, the parametrization -- independent ``{IO, S, Pos}`` or coupled ``{(IO, Pos), (S, Pos)}``
    -- is the one that explains more variance of the *held-out* activations: where the name
-   and its position interact (docs/makelov2024_supervised_dictionaries.md), additive codes miss the interaction and the coupled
+   and its position interact, additive codes miss the interaction and the coupled
    table captures it (the coupled tables share Pos, so their mean codes are backfitted,
    :func:`~saetools.dictionaries.fit_supervised`). This choice looks only at reconstructions,
    never at edits. The paper's independent mean codes and their least-squares variant are
@@ -21,6 +21,9 @@
    **control** (edit accuracy and weight removed, supervised vs SAE, both SAE edit methods),
    **interpretability** (best-latent F1 per attribute value, grouped F1, mean-max cosine);
 5. **occlusion** and **over-splitting** (:mod:`saetools.dictionaries.occlusion`).
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class Config(Profiles):
     """What to build and evaluate."""
 
     circuit: Literal["discover", "wang2022"] = "discover"
-    """``"discover"``: the model's own circuit (bundled models); ``"wang2022"``: GPT-2's (docs/makelov2024_supervised_dictionaries.md)."""
+    """``"discover"``: the model's own circuit (bundled models); ``"wang2022"``: GPT-2's."""
     n_discovery: int = 48
     """Prompts (Wang et al. distribution) for circuit discovery."""
     io_mover_threshold: float = 0.1

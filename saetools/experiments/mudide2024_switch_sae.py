@@ -252,7 +252,7 @@ def run(model, cfg: Config) -> Result:
 
 def figures(result: Result) -> dict[str, Figure]:
     """The headline figures as ``{name: Figure}``: ``"flop_matched"``, ``"width_matched"``,
-    ``"balance"``, ``"routing"``, ``"geometry"`` (see ``docs/mudide2024_switch_sae.md``)."""
+    ``"balance"``, ``"routing"``, ``"geometry"``."""
     return {"flop_matched": _flop_matched(result), "width_matched": _width_matched(result),
             "balance": _balance(result), "routing": _routing(result), "geometry": _geometry(result)}
 

@@ -129,7 +129,7 @@ def lambda_scores(
     k_pos: Tensor,
     cfg: LMInfiniteConfig,
 ) -> Float[Tensor, "batch head q k"]:
-    """Apply the LM-Infinite rule to attention logits (docs/han2023_lm_infinite.md).
+    """Apply the LM-Infinite rule to attention logits.
 
     Args:
         true_scores: logits at true relative distance.

@@ -1,8 +1,9 @@
 """The decoder-norm constraint shared by saetools's SAE architectures.
 
-Several papers (Switch SAEs, docs/mudide2024_switch_sae.md; top-AFA, docs/lee2025_top_afa.md) keep decoder rows at unit norm by
-renormalising them after every step *and* removing, before the step, the gradient component
-parallel to each row, so the step itself moves along the sphere to first order.
+Several papers (Switch SAEs, ``docs/mudide2024_switch_sae.md``; top-AFA, ``docs/lee2025_top_afa.md``)
+keep decoder rows at unit norm by renormalising them after every step *and* removing, before the
+step, the gradient component parallel to each row, so the step itself moves along the sphere to
+first order.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gated SAE with the paper-faithful auxiliary loss (Rajamanoharan et al. 2024, arXiv 2404.16014, Eq. 8; docs/shrinkage.md).
+"""Gated SAE with the paper-faithful auxiliary loss (Rajamanoharan et al. 2024, arXiv 2404.16014, Eq. 8).
 
 The paper trains the gate path to reconstruct on its own through a *frozen* copy of the
 decoder: ``L_aux = ||x - x_hat_frozen(ReLU(pi_gate(x)))||^2`` with stop-gradient ``W_dec`` and
@@ -6,6 +6,8 @@ decoder: ``L_aux = ||x - x_hat_frozen(ReLU(pi_gate(x)))||^2`` with stop-gradient
 term also pulls the decoder towards reconstructing from the (shrunk) gate activations. This
 architecture, ``gated_faithful``, differs from sae-lens's ``gated`` only in that detach; it
 trains with the sae-lens trainer and saves as an ordinary ``gated`` inference SAE.
+
+See ``docs/shrinkage.md`` for the method and where saetools differs from the authors' code.
 """
 
 from __future__ import annotations

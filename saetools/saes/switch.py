@@ -1,4 +1,4 @@
-"""Switch SAEs (Mudide et al. 2024, arXiv 2410.08201; docs/mudide2024_switch_sae.md): routed, and really cheaper.
+"""Switch SAEs (Mudide et al. 2024, arXiv 2410.08201): routed, and really cheaper.
 
 A Switch SAE is ``N`` TopK SAEs ("experts") of width ``E = d_sae / N`` and a router. Each
 token is sent to one expert; only that expert's encoder runs. With ``x`` the SAE input (after
@@ -30,13 +30,16 @@ is the authors' dense-and-mask computation, kept as the reference.
 :func:`saetools.train_sae`): the loss is sae-lens's ``sum_dims ||x - x_hat||^2`` (mean over
 tokens) plus ``alpha * d_in * L_lb`` with the Switch-Transformer balancing loss
 ``L_lb = N sum_i F_i P_i`` (:func:`~saetools.saes.switch_kernels.load_balance_loss`). The
-``d_in`` factor is the authors' convention (docs/mudide2024_switch_sae.md): it makes ``alpha`` a weight relative
+``d_in`` factor is the authors' convention: it makes ``alpha`` a weight relative
 to the *per-dimension* MSE, so the paper's ``alpha = 3`` carries over. (With sae-lens's
 ``normalize_activations="expected_average_only_in"`` the per-dimension MSE is that of inputs
 scaled to ``E||x||^2 = d_in``, as the paper's GPT-2 activations roughly are.) Decoder rows are
 renormalised to unit norm before every step and the gradient component parallel to each row
 is removed; ``b_dec`` and ``b_router`` start at the geometric median of the first training
 batch (Weiszfeld iterations).
+
+See ``docs/mudide2024_switch_sae.md`` for the method and where saetools differs from the authors'
+code.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Routed kernels of the Switch SAE (Mudide et al. 2024, docs/mudide2024_switch_sae.md), free of sae-lens.
 
-The authors' code computes every expert densely and masks, which saves nothing (docs/mudide2024_switch_sae.md).
+The authors' code computes every expert densely and masks, which saves nothing.
 Here each token's work touches only its own expert:
 
 * :func:`routed_topk` -- tokens sorted by expert; each expert multiplies only its contiguous
@@ -36,7 +36,7 @@ def encoder_flops_per_token(d_in: int, d_sae: int, n_experts: int = 1) -> int:
     """Encoder FLOPs per token, a multiply-add counted as 2: ``2 d_in d_sae / N + 2 d_in N``.
 
     The second term is the router (absent for ``N = 1``, a dense SAE); biases, ReLU and TopK
-    are not counted. These are the two terms of the paper's FLOP matching (docs/mudide2024_switch_sae.md): a
+    are not counted. These are the two terms of the paper's FLOP matching: a
     Switch SAE with ``N`` experts of width ``M_e`` costs about as much as a dense ``M_e``-wide
     TopK SAE.
     """
@@ -56,7 +56,7 @@ def decoder_flops_per_token(d_in: int, *, k: int | None = None, d_sae: int | Non
 @torch.no_grad()
 def geometric_median(points: Float[Tensor, "n d"], *, max_iter: int = 100, tol: float = 1e-5,
                      eps: float = 1e-8) -> Float[Tensor, " d"]:
-    """The geometric median ``argmin_m sum_t ||x_t - m||`` by Weiszfeld's iteration (docs/mudide2024_switch_sae.md).
+    """The geometric median ``argmin_m sum_t ||x_t - m||`` by Weiszfeld's iteration.
 
     Starts from the mean; each step is the average of the points weighted by
     ``1 / max(||x_t - m||, eps)``; stops after ``max_iter`` steps or when ``m`` moves less than
@@ -77,7 +77,7 @@ def geometric_median(points: Float[Tensor, "n d"], *, max_iter: int = 100, tol: 
 
 
 def load_balance_loss(probs: Float[Tensor, "n n_experts"], expert: Int[Tensor, " n"]) -> Tensor:
-    """Switch-Transformer balancing loss ``L_lb = N sum_i F_i P_i`` (Fedus et al. 2021; docs/mudide2024_switch_sae.md).
+    """Switch-Transformer balancing loss ``L_lb = N sum_i F_i P_i`` (Fedus et al. 2021).
 
     ``F_i`` is the fraction of tokens routed (argmax) to expert ``i`` (no gradient), ``P_i``
     the mean router probability of expert ``i``. ``L_lb = 1`` when both are uniform; it grows

@@ -1,4 +1,4 @@
-"""top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277; docs/lee2025_top_afa.md) as a sae-lens architecture.
+"""top-AFA SAEs (Lee, Davies, Canby, Hockenmaier 2025, arXiv 2503.24277) as a sae-lens architecture.
 
 A top-AFA SAE has no sparsity hyperparameter ``k``: for every token it keeps the largest
 latents until the l2 norm of their (decoder-scaled) activations is as close as possible to
@@ -50,6 +50,8 @@ when a latent's encoder column is scaled by ``c`` and its decoder row by ``1/c``
 decoder norms (``fold_W_dec_norm``, done when saving) and sae-lens's
 ``expected_average_only_in`` scaling fold leave the SAE's function unchanged. Covariance
 whitening cannot be folded (the target norm lives in the whitened space) and is refused.
+
+See ``docs/lee2025_top_afa.md`` for the method and where saetools differs from the authors' code.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ class TopAFASAEConfig(SAEConfig):
 
 @dataclass
 class TopAFATrainingSAEConfig(TrainingSAEConfig):
-    """Training config of a top-AFA SAE (defaults: the authors' code, docs/lee2025_top_afa.md).
+    """Training config of a top-AFA SAE (defaults: the authors' code).
 
     Per-token standardisation is sae-lens's ``normalize_activations="layer_norm"`` (the
     paper's setting in all its runs); leave it at ``"none"`` (or ``"expected_average_only_in"``)

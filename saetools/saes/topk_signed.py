@@ -1,4 +1,4 @@
-"""The no-ReLU TopK SAE of Makelov, Lange & Nanda (2024) as a sae-lens architecture (docs/makelov2024_supervised_dictionaries.md).
+"""The no-ReLU TopK SAE of Makelov, Lange & Nanda (2024) as a sae-lens architecture.
 
 Their TopK SAEs keep the ``k`` largest raw pre-activations *even when negative* (sae-lens's
 ``topk`` applies a ReLU to them), have no encoder bias besides the pre-encoder ``b_dec``
@@ -9,6 +9,9 @@ frozen at zero (``train_b_enc=True`` trains it); a latent is "active" when it is
 value is non-zero). Registered with sae-lens on import, so it
 trains with the sae-lens trainer, saves, loads with ``SAE.load_from_disk`` and splices like a
 built-in SAE.
+
+See ``docs/makelov2024_supervised_dictionaries.md`` for the method and where saetools differs from
+the authors' code.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ No model code here:
 * :class:`EditPlayground` takes either a precomputed long table of END logits or a callable
   that computes one. Pick a prompt, an attribute and a counterfactual value: every edit's
   logits for the tokens of interest, their change from the clean run, the top prediction and
-  whether it agrees with counterfactual patching (the edit-accuracy criterion, docs/makelov2024_supervised_dictionaries.md).
+  whether it agrees with counterfactual patching (the edit-accuracy criterion of
+  ``docs/makelov2024_supervised_dictionaries.md``).
 
 Edit data (one row per prompt, attribute, value, edit and token)::
 

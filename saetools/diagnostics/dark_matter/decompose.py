@@ -1,10 +1,13 @@
-"""The decomposition ``x = Sae(x) + LinearError(x) + NonlinearError(x)`` (Engels et al. 2024, docs/engels2024_dark_matter.md).
+"""The decomposition ``x = Sae(x) + LinearError(x) + NonlinearError(x)`` (Engels et al. 2024).
 
 Which tokens (the documented rule): :func:`position_mask` drops the first ``drop_first``
 positions of every context and any token the caller's ``keep`` mask excludes (BOS, padding).
 Early positions (BOS / attention-sink tokens) have outsized norms and atypical errors, and
-leaving them in inflates the norm R^2 (docs/engels2024_dark_matter.md); the paper drops 200 of 1024 positions on
+leaving them in inflates the norm R^2; the paper drops 200 of 1024 positions on
 Gemma, 10 of 512 on GPT-2.
+
+See ``docs/engels2024_dark_matter.md`` for the method and where saetools differs from the authors'
+code.
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ def decompose_reconstruction(x: X, x_hat: X, *, seed: int = 0, split: tuple[Tens
 
     Raises:
         ValueError: mismatched shapes, or fewer than ``4 d`` fit tokens (a ``d x d``
-            regression on so few tokens overfits; docs/engels2024_dark_matter.md).
+            regression on so few tokens overfits).
     """
     if x.shape != x_hat.shape or x.ndim != 2:
         raise ValueError(f"x and x_hat must both be [n, d]; got {tuple(x.shape)} and {tuple(x_hat.shape)}")
@@ -196,7 +199,7 @@ def decompose(sae, x: X, *, seed: int = 0, split: tuple[Tensor, Tensor] | None =
     """:func:`decompose_reconstruction` with ``x_hat = Sae(x)`` (:func:`sae_reconstruct`).
 
     ``x`` holds the analysed tokens only (:func:`position_mask` is the rule on early
-    positions); one row per token, float32 recommended (fp16 errors are noisy, docs/engels2024_dark_matter.md).
+    positions); one row per token, float32 recommended (fp16 errors are noisy).
     """
     x_hat, l0 = sae_reconstruct(sae, x)
     return decompose_reconstruction(x, x_hat, seed=seed, split=split, intercept=intercept, ridge=ridge, l0=l0)

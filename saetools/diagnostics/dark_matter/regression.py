@@ -1,14 +1,15 @@
 """Least squares and R^2 for the dark-matter analyses (Engels et al. 2024, docs/engels2024_dark_matter.md).
 
 Every score is out of sample: fit on one half of the tokens (:func:`split_halves`), score on
-the other (docs/engels2024_dark_matter.md). Definitions, once:
+the other. Definitions, once:
 
 * :func:`r2_per_dim` -- per output dimension ``1 - SS_res / SS_tot`` (``SS_tot`` about the mean);
 * :func:`vector_r2` -- the paper's "vector R^2": the *mean over dimensions* of :func:`r2_per_dim`;
 * :func:`pooled_r2` -- ``1 - sum ||y - yhat||^2 / sum ||y - mean y||^2`` (1 - FVU of the prediction);
 * :func:`norm_r2` -- R^2 of the linear prediction of ``||error||^2`` from ``x`` (with intercept);
-* :func:`norm_r2_matrix` -- cross-width prediction of per-token error norms (``docs/engels2024_dark_matter.md``, finding 3);
-* :func:`component_regressions` -- errors predicted from earlier components (``docs/engels2024_dark_matter.md``, finding 5).
+* :func:`norm_r2_matrix` -- cross-width prediction of per-token error norms (finding 3 of
+  ``docs/engels2024_dark_matter.md``);
+* :func:`component_regressions` -- errors predicted from earlier components (finding 5).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def r2_per_dim(y: Tensor, y_hat: Tensor) -> Float[Tensor, " d"]:
 
 
 def vector_r2(y: Tensor, y_hat: Tensor) -> float:
-    """Vector R^2 (docs/engels2024_dark_matter.md): the mean over output dimensions of :func:`r2_per_dim` (NaNs skipped).
+    """Vector R^2: the mean over output dimensions of :func:`r2_per_dim` (NaNs skipped).
 
     Not ``1 -`` the FVU of the prediction: every dimension counts equally, whatever its variance
     (that is :func:`pooled_r2`).
@@ -135,7 +136,7 @@ def norm_r2(x: X, error: X, fit_idx: Tensor, eval_idx: Tensor, *, intercept: boo
             ridge: float = 0.0) -> tuple[float, LinearFit]:
     """R^2 on ``eval_idx`` of the linear prediction of ``||error_t||^2`` from ``x_t`` fit on ``fit_idx``.
 
-    docs/engels2024_dark_matter.md "norm prediction": ``d`` coefficients (+ an intercept by default) for one scalar
+    The paper's norm prediction: ``d`` coefficients (+ an intercept by default) for one scalar
     per token, so it is far easier than predicting the ``d``-dimensional error itself.
     """
     if x.shape[0] != error.shape[0]:
@@ -150,7 +151,7 @@ def norm_r2_matrix(norms: Float[Tensor, "models n"], fit_idx: Tensor, eval_idx: 
     """``R[i, j]``: R^2 on ``eval_idx`` of ``norms[j] ≈ a norms[i] (+ e extra[i]) + c`` fit on ``fit_idx``.
 
     With ``norms`` the per-token error norms ``||SaeError||`` of a series of SAEs, a high
-    off-diagonal ``R`` means the SAEs fail on the same tokens (``docs/engels2024_dark_matter.md``, finding 3). With
+    off-diagonal ``R`` means the SAEs fail on the same tokens (the paper's finding 3). With
     ``extra`` (e.g. the ``||NonlinearError||`` of each SAE) as a second regressor,
     ``R_extra - R`` is the gain from it.
     """
@@ -171,8 +172,8 @@ def component_regressions(sources: Mapping[str, Tensor], targets: Mapping[str, T
                           fit_idx: Tensor, eval_idx: Tensor, *, ridge: float = 0.0) -> pd.DataFrame:
     """Linear prediction (with intercept) of each target from each source, fit on one half.
 
-    ``docs/engels2024_dark_matter.md``, finding 5: e.g. sources = the previous layer's residual and its SAE's parts, the
-    attention and MLP outputs; targets = this layer's SaeError, LinearError, NonlinearError.
+    The paper's finding 5: e.g. sources = the previous layer's residual and its SAE's parts,
+    the attention and MLP outputs; targets = this layer's SaeError, LinearError, NonlinearError.
 
     Returns:
         One row per ``(source, target)``: ``vector_r2`` and ``pooled_r2`` on ``eval_idx``, and

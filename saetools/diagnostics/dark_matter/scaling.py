@@ -1,7 +1,7 @@
 """Width scaling of SAE error: power law plus constant, and the stacked decomposition.
 
-Engels et al. (2024), Fig. 1 (``docs/engels2024_dark_matter.md``, finding 2): at fixed L0, ``FVU(Sae)`` falls with width
-``W`` like ``c + a W^m``; the asymptote ``c`` is the "dark matter" that width does not remove,
+Engels et al. (2024), Fig. 1 (finding 2 of ``docs/engels2024_dark_matter.md``): at fixed L0,
+``FVU(Sae)`` falls with width ``W`` like ``c + a W^m``; the asymptote ``c`` is the "dark matter" that width does not remove,
 and it splits into a linearly predictable part and a nonlinear part.
 """
 
@@ -58,7 +58,7 @@ def fit_power_law(widths: Sequence[float], values: Sequence[float], *, m_range: 
     by least squares on ``[1, (W/W_0)^m]`` (``W_0`` the smallest width; clipped to
     ``c, a >= 0``); the best grid point then seeds ``scipy.optimize.curve_fit`` (trust-region
     reflective, same bounds) when ``use_scipy``. ``method`` says what ran. With few widths the
-    fit is fragile (docs/engels2024_dark_matter.md): read ``rmse`` and the points, not just the parameters.
+    fit is fragile: read ``rmse`` and the points, not just the parameters.
 
     Raises:
         ValueError: fewer than 3 points, non-positive widths or non-finite values.

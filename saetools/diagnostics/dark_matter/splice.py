@@ -1,8 +1,11 @@
-"""Downstream cost of each part of the SAE error (Engels et al. 2024 ``downstream_ce.py``, docs/engels2024_dark_matter.md 5b).
+"""Downstream cost of each part of the SAE error (Engels et al. 2024 ``downstream_ce.py``).
 
 Splice ``Sae(x) + LinearError(x)`` (the nonlinear error removed) or ``Sae(x) + NonlinearError(x)``
 (the linear error removed) into the model at the SAE's hook, on the analysed tokens only, and
 measure next-token cross-entropy.
+
+See ``docs/engels2024_dark_matter.md`` for the method and where saetools differs from the authors'
+code.
 """
 
 from __future__ import annotations

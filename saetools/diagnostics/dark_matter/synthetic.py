@@ -1,8 +1,11 @@
-"""The synthetic noise-injection model (Engels et al. 2024 ``synthetic_simulation.py``, ``docs/engels2024_dark_matter.md``, finding 6).
+"""The synthetic noise-injection model (Engels et al. 2024 ``synthetic_simulation.py``, finding 6).
 
 Where an error comes from decides whether it is linearly predictable: features the SAE has not
 learned and dense noise that is part of the activation can be predicted from ``x``; noise the
 SAE itself introduces into its reconstruction cannot.
+
+See ``docs/engels2024_dark_matter.md`` for the method and where saetools differs from the authors'
+code.
 """
 
 from __future__ import annotations
