@@ -103,3 +103,36 @@ def test_training_is_deterministic_in_its_seed(tmp_path):
         train_tiny_ioi(cfg, tmp_path / run, eval_every=0)
     a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fast_gelu_equals_transformer_lens_gelu_new_with_and_without_gradient():
+    from transformer_lens.utilities.activation_functions import gelu_new as tl_gelu_new
+
+    from saetools.models.loading import gelu_new
+
+    x = torch.linspace(-12, 12, 10001, dtype=torch.float64)
+    torch.testing.assert_close(gelu_new(x.clone()), tl_gelu_new(x), atol=1e-12, rtol=1e-12)
+    xg = x.clone().requires_grad_(True)
+    xt = x.clone().requires_grad_(True)
+    gelu_new(xg).sum().backward()
+    tl_gelu_new(xt).sum().backward()
+    torch.testing.assert_close(xg.grad, xt.grad, atol=1e-12, rtol=1e-12)
+
+
+def test_loaded_models_use_the_fast_gelu_and_match_transformer_lens(bundled_model):
+    from transformer_lens.utilities.activation_functions import gelu_new as tl_gelu_new
+
+    from saetools.models.loading import gelu_new
+
+    assert all(block.mlp.act_fn is gelu_new for block in bundled_model.blocks)
+    tokens = torch.randint(1, bundled_model.cfg.d_vocab, (4, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = bundled_model(tokens)
+        for block in bundled_model.blocks:
+            block.mlp.act_fn = tl_gelu_new
+        try:
+            reference = bundled_model(tokens)
+        finally:
+            for block in bundled_model.blocks:
+                block.mlp.act_fn = gelu_new
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-5)

@@ -268,10 +268,3 @@ def test_attached_hooks_send_patching_to_the_hooked_path(random_model, pair):
     assert incremental.unsupported(random_model) is None
     torch.testing.assert_close(hooked.logit_diff.item(), want, atol=ATOL, rtol=0)
     assert abs(hooked.logit_diff.item() - plain.logit_diff.item()) > 1e-3  # the hook mattered
-
-
-def test_fused_gelu_equals_transformer_lens_gelu_new():
-    from transformer_lens.utilities.activation_functions import gelu_new
-
-    x = torch.linspace(-12, 12, 10001)
-    torch.testing.assert_close(incremental._gelu_new(x.clone()), gelu_new(x), atol=1e-6, rtol=1e-6)

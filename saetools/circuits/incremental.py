@@ -20,7 +20,6 @@ only the per-prompt causal mask over the window is written here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +32,7 @@ from transformer_lens.utilities.addmm import batch_addmm
 from transformer_lens.utilities.attention import simple_attn_linear
 
 from saetools.hooks import attached_hook_count
+from saetools.models.loading import gelu_new
 
 __all__ = ["Window", "window", "unsupported", "forward_from", "full_cache", "counterpart_cache", "cache_names"]
 
@@ -137,23 +137,12 @@ def _out(attn, z: Tensor) -> Tensor:
     return F.linear(z.reshape(z.shape[0], -1), w, attn.b_O)
 
 
-def _gelu_new(x: Tensor) -> Tensor:
-    """GPT-2's ``gelu_new``, ``0.5 x (1 + tanh(u))``, written as ``x sigmoid(2u)`` (the same function).
-
-    ``u = sqrt(2/pi) (x + 0.044715 x^3)``. On CPU, torch's ``tanh`` (and ``F.gelu(approximate=
-    "tanh")``) costs as much as the MLP's matrix products on a small model; ``sigmoid`` is about
-    four times cheaper. Equal to ``transformer_lens``' ``gelu_new`` up to float rounding.
-    """
-    u = torch.addcmul(x, x * x, x, value=0.044715).mul_(2.0 * math.sqrt(2.0 / math.pi))
-    return u.sigmoid_().mul_(x)
-
-
 def _mlp(block, h: Tensor) -> Tensor:
-    """``block.apply_mlp(h)``, with :func:`_gelu_new` for TransformerLens' plain GELU MLP."""
+    """``block.apply_mlp(h)``, fused for TransformerLens' plain GELU MLP."""
     mlp, cfg = block.mlp, block.cfg
     if type(mlp) is not MLP or cfg.act_fn != "gelu_new" or cfg.is_layer_norm_activation():
         return block.apply_mlp(h)
-    return batch_addmm(mlp.b_out, mlp.W_out, _gelu_new(batch_addmm(mlp.b_in, mlp.W_in, h)))
+    return batch_addmm(mlp.b_out, mlp.W_out, gelu_new(batch_addmm(mlp.b_in, mlp.W_in, h)))
 
 
 @torch.no_grad()

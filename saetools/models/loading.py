@@ -7,6 +7,7 @@ Bundled models live in ``saetools/models/bundled/<name>/`` as ``model.safetensor
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import warnings
@@ -17,7 +18,9 @@ from urllib.parse import urlparse
 
 import torch
 from sae_lens import HookedSAETransformer
+from torch import Tensor
 from transformer_lens import HookedTransformerConfig
+from transformer_lens.components.mlps.mlp import MLP
 
 from saetools.models.tokenizer import load_tokenizer
 
@@ -27,7 +30,9 @@ __all__ = [
     "ModelUnavailableError",
     "load_model",
     "build_model",
+    "gelu_new",
     "save_model",
+    "use_fast_gelu",
     "bundled_model_dir",
     "random_gpt2_small",
     "hub_reachable",
@@ -57,10 +62,40 @@ def _quiet():
         yield
 
 
+_GELU_C = 2.0 * math.sqrt(2.0 / math.pi)
+
+
+def gelu_new(x: Tensor) -> Tensor:
+    """GPT-2's ``gelu_new``, ``0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``,
+    computed as ``x sigmoid(2u)`` (the same function).
+
+    On a CPU, ``tanh`` of the MLP's hidden activations costs as much as the MLP's matrix products
+    on a small model, and ``sigmoid`` much less (``bench/bench_gelu.py`` times a whole forward
+    pass both ways). It equals TransformerLens's ``gelu_new`` up to float rounding
+    (``tests/test_models.py``). In place when no gradient is needed.
+    """
+    u = torch.addcmul(x, x * x, x, value=0.044715)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x * torch.sigmoid(_GELU_C * u)
+    return u.mul_(_GELU_C).sigmoid_().mul_(x)
+
+
+def use_fast_gelu(model) -> None:
+    """Give every plain GELU MLP of ``model`` (``act_fn="gelu_new"``, GPT-2's) :func:`gelu_new`;
+    :func:`load_model` and :func:`build_model` do this for every model they return."""
+    if model.cfg.act_fn != "gelu_new" or model.cfg.is_layer_norm_activation():
+        return
+    for block in model.blocks:
+        if type(block.mlp) is MLP:
+            block.mlp.act_fn = gelu_new
+
+
 def build_model(cfg: HookedTransformerConfig, tokenizer=None) -> HookedSAETransformer:
     """A randomly initialised ``HookedSAETransformer`` (uses the global torch RNG)."""
     with _quiet():
-        return HookedSAETransformer(cfg, tokenizer=tokenizer)
+        model = HookedSAETransformer(cfg, tokenizer=tokenizer)
+    use_fast_gelu(model)
+    return model
 
 
 def save_model(model: HookedSAETransformer, out_dir: str | Path) -> None:
@@ -141,6 +176,7 @@ def _load_pretrained(name: str, *, device, dtype) -> HookedSAETransformer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with _quiet():
         model = HookedSAETransformer.from_pretrained(repo, device=device, dtype=dtype)
+    use_fast_gelu(model)
     return model.eval()
 
 
