@@ -69,8 +69,11 @@ def attribute_values(spec: pd.DataFrame, attribute: str) -> np.ndarray:
 
 
 def _group_values(spec: pd.DataFrame, group: Group) -> np.ndarray:
-    cols = [attribute_values(spec, a) for a in group]
-    return cols[0] if len(cols) == 1 else np.array(["|".join(t) for t in zip(*cols)], dtype=object)
+    """Each prompt's value of ``group``; a joint value is written ``"Mary|ABB"``."""
+    out = attribute_values(spec, group[0])
+    for a in group[1:]:
+        out = out + "|" + attribute_values(spec, a)  # elementwise on object arrays of str
+    return out
 
 
 @dataclass
@@ -84,10 +87,10 @@ class SupervisedDictionary:
     b_dec: Float[Tensor, " d"]
     method: str = "mean"
     node: object = None
-    _index: dict[Group, dict[str, int]] = field(default_factory=dict, repr=False)
+    _index: dict[Group, pd.Index] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self._index = {g: {v: i for i, v in enumerate(vals)} for g, vals in self.values.items()}
+        self._index = {g: pd.Index(vals) for g, vals in self.values.items()}
 
     # -- SAE-like interface ------------------------------------------------------------------
     @property
@@ -111,12 +114,12 @@ class SupervisedDictionary:
     def feature_index(self, spec: pd.DataFrame, group: Group) -> Tensor:
         """Feature index of each prompt's value of ``group`` (a clear error for unseen values)."""
         vals = _group_values(spec, group)
-        idx = self._index[group]
-        unseen = sorted({v for v in vals if v not in idx})
-        if unseen:
+        pos = self._index[group].get_indexer(vals)
+        if (pos < 0).any():
+            unseen = sorted(set(vals[pos < 0]))
             raise ValueError(f"{','.join(group)} values {unseen[:5]} were not seen when the dictionary was "
                              "fitted; fit on prompts that cover every value (e.g. the 'full' distribution)")
-        return torch.tensor([idx[v] for v in vals], dtype=torch.long) + self._offsets()[group]
+        return torch.as_tensor(pos, dtype=torch.long) + self._offsets()[group]
 
     def encode(self, x: Tensor | None, spec: pd.DataFrame) -> Float[Tensor, "n n_features"]:
         """One-hot feature activations from the prompts' labels (``x`` is ignored: supervised
