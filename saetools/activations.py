@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saetools.data.files import atomic_dir, atomic_write_text
 from saetools.hooks import check_hook_names
 
 __all__ = ["ActivationStore", "activation_batches", "collect_activations"]
@@ -85,6 +86,38 @@ def activation_batches(
             yield acts[perm[i : i + batch_size]].to(device)
 
 
+def _collect_chunks(model, tokens: Tensor, hook_name: str, *, shard_rows: int, batch_size: int,
+                    drop_bos: bool) -> Iterator[Tensor]:
+    """Activations of ``hook_name`` over ``tokens`` in chunks of about ``shard_rows`` rows."""
+    prompts_per_chunk = max(batch_size, shard_rows // max(1, tokens.shape[1] - int(drop_bos)))
+    for i in range(0, tokens.shape[0], prompts_per_chunk):
+        yield collect_activations(model, tokens[i : i + prompts_per_chunk], hook_name,
+                                  batch_size=batch_size, drop_bos=drop_bos)
+
+
+def _write_shards(folder: Path, chunks, *, shard_rows: int, hook_name: str | None) -> None:
+    """Write ``chunks`` (row blocks) as ``shard_*.npy`` files of ``shard_rows`` rows, then ``store.json``."""
+    files: list[str] = []
+    buf, n_buf = [], 0
+
+    def flush(rows: Tensor) -> None:
+        files.append(f"shard_{len(files):05d}.npy")
+        np.save(folder / files[-1], rows.cpu().numpy().astype(np.float32))
+
+    for chunk in chunks:
+        buf.append(chunk)
+        n_buf += chunk.shape[0]
+        while n_buf >= shard_rows:
+            rows = torch.cat(buf)
+            flush(rows[:shard_rows])
+            buf, n_buf = [rows[shard_rows:]], rows.shape[0] - shard_rows
+    if n_buf:
+        flush(torch.cat(buf))
+    if not files:
+        raise ValueError("no activations to write: the token rows are empty")
+    atomic_write_text(folder / "store.json", json.dumps({"hook_name": hook_name, "shards": files}) + "\n")
+
+
 class ActivationStore:
     """Rows of activations ``[n, d_in]`` in one or more shards.
 
@@ -143,41 +176,22 @@ class ActivationStore:
             return cls.in_memory(collect_activations(model, tokens, hook_name, batch_size=batch_size,
                                                      drop_bos=drop_bos), hook_name=hook_name)
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        buf, n_buf, files = [], 0, []
-
-        def flush(rows: Tensor) -> None:
-            name = f"shard_{len(files):05d}.npy"
-            np.save(path / name, rows.numpy().astype(np.float32))
-            files.append(name)
-
-        prompts_per_shard = max(batch_size, shard_rows // max(1, tokens.shape[1] - int(drop_bos)))
-        for i in range(0, tokens.shape[0], prompts_per_shard):
-            acts = collect_activations(model, tokens[i : i + prompts_per_shard], hook_name,
-                                       batch_size=batch_size, drop_bos=drop_bos)
-            buf.append(acts)
-            n_buf += acts.shape[0]
-            while n_buf >= shard_rows:
-                allrows = torch.cat(buf)
-                flush(allrows[:shard_rows])
-                buf, n_buf = [allrows[shard_rows:]], allrows.shape[0] - shard_rows
-        if n_buf:
-            flush(torch.cat(buf))
-        (path / "store.json").write_text(json.dumps({"hook_name": hook_name, "shards": files}) + "\n")
+        with atomic_dir(path) as tmp:  # checked writable before collecting; all or nothing
+            _write_shards(tmp, _collect_chunks(model, tokens, hook_name, shard_rows=shard_rows,
+                                               batch_size=batch_size, drop_bos=drop_bos),
+                          shard_rows=shard_rows, hook_name=hook_name)
         return cls.open(path)
 
     def save(self, path: str | Path, *, shard_rows: int = 1 << 18) -> ActivationStore:
-        """Write this store as ``.npy`` shards under ``path`` and return the on-disk store."""
+        """Write this store as ``.npy`` shards under ``path`` and return the on-disk store.
+
+        Atomic: the shards are written to a temporary folder beside ``path`` and moved into place
+        at the end, so an interrupted save leaves a store already at ``path`` intact.
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        files, k = [], 0
-        for shard in self.shards:
-            data = torch.as_tensor(np.asarray(shard)) if not isinstance(shard, Tensor) else shard
-            for i in range(0, data.shape[0], shard_rows):
-                files.append(f"shard_{k:05d}.npy")
-                np.save(path / files[-1], data[i : i + shard_rows].cpu().numpy().astype(np.float32))
-                k += 1
-        (path / "store.json").write_text(json.dumps({"hook_name": self.hook_name, "shards": files}) + "\n")
+        chunks = (torch.as_tensor(np.asarray(s)) if not isinstance(s, Tensor) else s for s in self.shards)
+        with atomic_dir(path) as tmp:
+            _write_shards(tmp, chunks, shard_rows=shard_rows, hook_name=self.hook_name)
         return ActivationStore.open(path)
 
     @classmethod

@@ -11,8 +11,12 @@ __all__ = ["main"]
 def _reproduce(args) -> int:
     from saetools.reproduce import reproduce
 
-    results = reproduce(model=args.model, profile=args.profile, out_dir=args.out,
-                        notebooks=args.notebooks, only=args.only)
+    try:
+        results = reproduce(model=args.model, profile=args.profile, out_dir=args.out,
+                            notebooks=args.notebooks, only=args.only)
+    except (ValueError, OSError) as err:  # bad arguments: one clear line, no traceback
+        print(f"saetools reproduce: {err}", file=sys.stderr)
+        return 2
     for r in results:
         status = "ok" if r.ok else "FAILED"
         print(f"{status:7s} {r.seconds:7.1f} s  {r.name}" + (f"\n        {r.error.splitlines()[0]}" if r.error else ""))

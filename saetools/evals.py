@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saetools.splicing import splice
+from saetools.splicing import check_sae_fits, splice
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -221,6 +221,19 @@ def _means(model, saes: dict, tokens: Tensor, batch_size: int, ignore: list[int]
 
 
 @torch.no_grad()
+def _check_inputs(model, named: dict, tokens: Tensor, batch_size: int) -> None:
+    """Every problem :func:`evaluate_saes` can see before running the model, with its fix."""
+    if not named:
+        raise ValueError("evaluate_saes needs at least one SAE (one SAE, a list, or {name: sae})")
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [batch >= 1, pos >= 2] (next-token loss needs two positions), got "
+                         f"{tuple(tokens.shape)}; e.g. ioi.render(model, spec).tokens")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for sae in named.values():
+        check_sae_fits(model, sae)
+
+
 def evaluate_saes(
     model,
     saes,
@@ -250,6 +263,7 @@ def evaluate_saes(
         ``kl_score = (KL_zero - KL_spliced) / KL_zero``.
     """
     named = _named(saes)
+    _check_inputs(model, named, tokens, batch_size)
     ignore = _ignore_ids(model, ignore_tokens)
     means = _means(model, named, tokens, batch_size, ignore)
     accs = {k: _Acc(s.cfg.d_sae) for k, s in named.items()}

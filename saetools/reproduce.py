@@ -14,7 +14,22 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["NotebookResult", "find_notebooks", "execute_notebook", "reproduce", "write_index"]
+from saetools.data.files import atomic_write_text, check_writable_dir
+
+__all__ = ["PROFILES", "NotebookResult", "find_notebooks", "execute_notebook", "reproduce", "write_index"]
+
+PROFILES = ("smoke", "full")
+"""The profiles every notebook offers."""
+
+
+def _check_model(model: str) -> None:
+    from saetools.models.loading import BUNDLED_MODELS, PRETRAINED_ALIASES
+
+    if model in BUNDLED_MODELS or model in PRETRAINED_ALIASES or Path(model).is_dir():
+        return
+    raise ValueError(f"unknown model {model!r}: use one of {list(BUNDLED_MODELS)} (bundled), "
+                     f"{sorted(PRETRAINED_ALIASES)} (Hugging Face hub) or a folder written by "
+                     "saetools.models.save_model")
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,7 @@ def _to_html(nb_path: Path, html_path: Path) -> None:
 
     nb = nbformat.read(nb_path, as_version=4)
     body, _ = HTMLExporter(template_name="classic").from_notebook_node(nb)
-    html_path.write_text(body, encoding="utf-8")
+    atomic_write_text(html_path, body)
 
 
 def execute_notebook(
@@ -101,20 +116,30 @@ def write_index(results: list[NotebookResult], out_dir: Path, parameters: dict) 
         "<table border=1 cellpadding=4><tr><th>notebook</th><th>status</th><th>time</th>"
         f"<th>error</th></tr>{rows}</table>"
     )
-    index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
+    return atomic_write_text(out_dir / "index.html", page)
 
 
 def reproduce(
     *, model: str, profile: str, out_dir: str | Path, notebooks: str | Path = "notebooks",
     only: list[str] | None = None,
 ) -> list[NotebookResult]:
-    """Execute the notebooks (optionally only those whose name contains one of ``only``)."""
-    out_dir = Path(out_dir)
-    paths = find_notebooks(notebooks)
-    if only:
-        paths = [p for p in paths if any(o in p.stem for o in only)]
+    """Execute the notebooks (optionally only those whose name contains one of ``only``).
+
+    Everything is checked before the first kernel starts: the model name, the profile, that
+    there are notebooks to run and that ``out_dir`` can be written.
+    """
+    _check_model(model)
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: use one of {list(PROFILES)}")
+    all_paths = find_notebooks(notebooks)
+    if not all_paths:
+        raise FileNotFoundError(f"no notebooks (*.ipynb) in {Path(notebooks).resolve()}: pass --notebooks with the "
+                                "folder of the saetools notebooks (notebooks/ in the repository)")
+    paths = [p for p in all_paths if any(o in p.stem for o in only)] if only else all_paths
+    if not paths:
+        raise ValueError(f"no notebook name contains any of {only}; the notebooks are "
+                         f"{[p.stem for p in all_paths]}")
+    out_dir = check_writable_dir(out_dir, what="the report")
     parameters = {"model_name": model, "profile": profile}
     results = []
     for p in tqdm(paths, desc="notebooks"):

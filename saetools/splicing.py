@@ -23,6 +23,7 @@ from the *un-intervened* latents, so an intervention changes the output by exact
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -36,6 +37,7 @@ from saetools.sae_lens_compat import SAEWrapper, disable_sae_hooks, get_deep_att
 __all__ = [
     "SAEShapeError",
     "ablate_latents",
+    "check_sae_fits",
     "clamp_latents",
     "hook_width",
     "latent_acts",
@@ -62,10 +64,45 @@ def hook_width(model, hook_name: str) -> int:
     return act.shape[-2] * act.shape[-1] if act.ndim == 4 else act.shape[-1]
 
 
-def _validate(model, sae) -> None:
+_MODEL_ALIASES = {"gpt2-small": "gpt2"}
+
+
+def _check_model_and_saes(model, saes: list) -> None:
+    """Type, duplicate and provenance checks before anything is attached."""
+    from sae_lens import HookedSAETransformer
+
+    if not isinstance(model, HookedSAETransformer):
+        raise TypeError(f"splice needs a sae-lens HookedSAETransformer, got {type(model).__name__}; load the "
+                        "model with saetools.load_model (or HookedSAETransformer.from_pretrained)")
+    for sae in saes:
+        if not (hasattr(sae, "cfg") and hasattr(sae, "encode") and hasattr(sae, "decode")):
+            raise TypeError(f"splice takes sae-lens SAEs, got {type(sae).__name__} ({sae!r:.60}); load one with "
+                            "saetools.load_bundled_sae, saetools.saes.load_sae or sae_lens.SAE.from_pretrained")
+    hooks = [sae.cfg.metadata.hook_name for sae in saes]
+    twice = sorted({h for h in hooks if hooks.count(h) > 1 and h is not None})
+    if twice:
+        raise ValueError(f"several SAEs read the same hook {twice}; only one SAE per hook can be spliced at a "
+                         "time: splice them one after another (e.g. in a loop over a width sweep)")
+    theirs = {_canonical(sae.cfg.metadata.model_name) for sae in saes} - {None}
+    ours = _canonical(model.cfg.model_name)
+    for other in theirs - {ours}:
+        warnings.warn(f"splicing an SAE trained on {other!r} into {model.cfg.model_name!r}: its latents may "
+                      "mean nothing here", UserWarning, stacklevel=4)
+
+
+def _canonical(name: str | None) -> str | None:
+    return None if name is None else _MODEL_ALIASES.get(name, name)
+
+
+def check_sae_fits(model, sae) -> None:
+    """Raise a clear error unless ``sae`` reads a hook of ``model`` at the right width."""
     name = sae.cfg.metadata.hook_name
     if name is None:
         raise ValueError("the SAE has no cfg.metadata.hook_name; set it to the hook it reads")
+    if name.endswith("hook_z") and not getattr(sae, "hook_z_reshaping_mode", True):
+        raise SAEShapeError(f"the SAE reads {name!r} (n_heads x d_head per position) but does not reshape it: "
+                            "create it with reshape_activations='hook_z' in its config, or call "
+                            "sae.turn_on_forward_pass_hook_z_reshaping() before splicing")
     spliced = name in model._acts_to_saes  # nesting: measure at the spliced SAE's input
     check_hook_names(model, [f"{name}.hook_sae_input" if spliced else name])
     width = hook_width(model, f"{name}.hook_sae_input" if spliced else name)
@@ -138,13 +175,18 @@ def splice(
 
     Raises:
         SAEShapeError / HookNameError: an SAE that does not fit the model (nothing attached).
-        ValueError: ``error_grad`` without ``use_error_term``.
+        TypeError: a model that is not a ``HookedSAETransformer``, or something that is not an SAE.
+        ValueError: ``error_grad`` without ``use_error_term``; two SAEs for one hook.
+
+    Warns (``UserWarning``) when an SAE's metadata names another model (``gpt2`` and
+    ``gpt2-small`` are the same model).
     """
     if error_grad and not use_error_term:
         raise ValueError("error_grad=True needs use_error_term=True (there is no error node otherwise)")
-    saes = list(saes) if isinstance(saes, Sequence) else [saes]
+    saes = list(saes) if isinstance(saes, Sequence) and not isinstance(saes, str) else [saes]
+    _check_model_and_saes(model, saes)
     for sae in saes:
-        _validate(model, sae)
+        check_sae_fits(model, sae)
     before = dict(model._acts_to_saes)
     before_out = dict(model._transcoder_output_hooks)
     paths = {p for s in saes for p in (s.cfg.metadata.hook_name, s.cfg.metadata.hook_name_out) if p}
@@ -198,7 +240,7 @@ def _stop_layer(hook_name: str) -> int | None:
 def _mask(act: Tensor, latents, positions: Positions) -> Tensor:
     """Boolean mask broadcastable to ``act [batch pos d_sae]``: the entries to intervene on."""
     lat = torch.zeros(act.shape[-1], dtype=torch.bool, device=act.device)
-    lat[slice(None) if latents is None else torch.as_tensor(latents, dtype=torch.long)] = True
+    lat[slice(None) if latents is None else _checked_index(latents, act.shape[-1], "latent")] = True
     if positions is None:
         return lat
     if isinstance(positions, Tensor) and positions.dtype == torch.bool:
@@ -208,8 +250,18 @@ def _mask(act: Tensor, latents, positions: Positions) -> Tensor:
         pos = positions.to(act.device)
     else:
         pos = torch.zeros(act.shape[:2], dtype=torch.bool, device=act.device)
-        pos[:, positions if isinstance(positions, int | slice) else torch.as_tensor(positions)] = True
+        pos[:, positions if isinstance(positions, slice) else _checked_index(positions, act.shape[1], "position")] = True
     return pos[..., None] & lat
+
+
+def _checked_index(index, size: int, what: str) -> Tensor:
+    """``index`` as a long tensor, or a ``ValueError`` naming the entries outside ``[-size, size)``."""
+    idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+    bad = idx[(idx < -size) | (idx >= size)].tolist()
+    if bad:
+        raise ValueError(f"{what} indices {bad[:10]} are out of range: there are {size} {what}s "
+                         f"(use 0..{size - 1}, or negative indices from the end)")
+    return idx
 
 
 def ablate_latents(latents: Sequence[int] | None = None, *, positions: Positions = None) -> Callable:
@@ -240,7 +292,7 @@ def steer_latents(latents: Sequence[int], coefficient: float | Sequence[float], 
 
     def hook(act: Tensor, hook) -> Tensor:
         delta = torch.zeros(act.shape[-1], dtype=act.dtype, device=act.device)
-        delta[torch.as_tensor(latents, dtype=torch.long)] = torch.as_tensor(coefficient, dtype=act.dtype)
+        delta[_checked_index(latents, act.shape[-1], "latent")] = torch.as_tensor(coefficient, dtype=act.dtype)
         return torch.where(_mask(act, latents, positions), act + delta, act)
 
     return hook

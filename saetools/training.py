@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saetools.activations import ActivationStore
+from saetools.data.files import atomic_write_text, check_writable_dir
 
 __all__ = ["latest_checkpoint", "train_sae"]
 
@@ -41,12 +42,30 @@ class _CountingProvider:
         return batch
 
 
+def _read_state(ckpt: Path) -> dict:
+    file = ckpt / STATE_FILE
+    try:
+        state = json.loads(file.read_text())
+        int(state["batches_consumed"]), int(state["n_training_samples"]), int(state["n_training_steps"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{file} is damaged ({err}), so checkpoint {ckpt} cannot be resumed: delete that "
+                         "folder and resume from the checkpoint folder (the previous checkpoint is used), "
+                         "or start again without resume_from") from err
+    return state
+
+
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path:
     """The checkpoint with the most training samples under ``checkpoint_dir``."""
-    found = sorted((p for p in Path(checkpoint_dir).iterdir() if (p / STATE_FILE).is_file()),
-                   key=lambda p: json.loads((p / STATE_FILE).read_text())["n_training_samples"])
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {checkpoint_dir} does not exist; pass the checkpoint_dir "
+                                "of the interrupted run")
+    found = sorted((p for p in checkpoint_dir.iterdir() if (p / STATE_FILE).is_file()),
+                   key=lambda p: _read_state(p)["n_training_samples"])
     if not found:
-        raise FileNotFoundError(f"no saetools checkpoint (with {STATE_FILE}) under {checkpoint_dir}")
+        raise FileNotFoundError(f"no saetools checkpoint (with {STATE_FILE}) under {checkpoint_dir}: the run "
+                                "was interrupted before its first checkpoint was written, so there is nothing "
+                                "to resume; start it again without resume_from")
     return found[-1]
 
 
@@ -56,7 +75,7 @@ def _resume_point(resume_from, *, seed: int, batch_size: int) -> tuple[Path | No
         return None, None
     ckpt = Path(resume_from)
     ckpt = ckpt if (ckpt / STATE_FILE).is_file() else latest_checkpoint(ckpt)
-    state = json.loads((ckpt / STATE_FILE).read_text())
+    state = _read_state(ckpt)
     if state["seed"] != seed or state["batch_size"] != batch_size:
         raise ValueError(f"checkpoint {ckpt} was written with seed={state['seed']}, batch_size="
                          f"{state['batch_size']}; resume with the same arguments")
@@ -74,7 +93,7 @@ def _fit(sae, trainer_cfg, store: ActivationStore, *, seed: int, batch_size: int
 
     def record_position(checkpoint_path) -> None:
         if checkpoint_path is not None:
-            (Path(checkpoint_path) / STATE_FILE).write_text(json.dumps({
+            atomic_write_text(Path(checkpoint_path) / STATE_FILE, json.dumps({
                 "seed": seed, "batch_size": batch_size, "batches_consumed": provider.consumed,
                 "n_training_samples": trainer.n_training_samples,
                 # sae-lens checkpoints before counting the step it has just taken
@@ -143,6 +162,10 @@ def train_sae(
     from sae_lens import TrainingSAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
+    if n_checkpoints and checkpoint_dir is None:
+        raise ValueError(f"n_checkpoints={n_checkpoints} needs checkpoint_dir: the folder to write them to")
+    if checkpoint_dir is not None:
+        check_writable_dir(checkpoint_dir, what="checkpoints")  # before training, not at the first checkpoint
     store = acts if isinstance(acts, ActivationStore) else ActivationStore.in_memory(acts)
     if store.d_in != cfg.d_in:
         raise ValueError(f"acts must be [n, d_in={cfg.d_in}], got width {store.d_in}")

@@ -60,9 +60,10 @@ def test_reproduce_reports_and_fails_on_a_failing_notebook(tmp_path, capsys):
     assert cli.main(["reproduce", "--notebooks", str(nbs), "--out", str(out), "--only", "a_ok"]) == 0
 
 
-def test_reproduce_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--notebooks"):
-        cli.main(["reproduce", "--notebooks", str(tmp_path / "nope"), "--out", str(tmp_path)])
+def test_reproduce_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["reproduce", "--notebooks", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "--notebooks" in err and "Traceback" not in err
 
 
 def test_as_iframe_escapes_and_embeds_the_html():

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saetools.hooks import replace_heads_hook
+from saetools.hooks import check_heads, replace_heads_hook
 from saetools.tasks import ioi
 
 __all__ = [
@@ -93,6 +93,10 @@ def _hooks_for(heads: Sequence[Head], replacements: dict[int, Tensor]):
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(int(layer), []).append(int(head))
+    missing = sorted(set(by_layer) - set(replacements))
+    if missing:
+        raise ValueError(f"no replacement values for layers {missing} (they exist for {sorted(replacements)}): "
+                         "compute them with head_z_replacements(model, batch, method=...) for this model")
     return [(f"blocks.{layer}.attn.hook_z", replace_heads_hook(hs, replacements[layer]))
             for layer, hs in by_layer.items()]
 
@@ -107,6 +111,7 @@ def run_with_head_ablation(
     model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor]
 ) -> Tensor:
     """Logits with ``heads`` ablated (their ``z`` replaced by :func:`head_z_replacements`)."""
+    check_heads(model, heads)
     return model.run_with_hooks(batch.tokens, fwd_hooks=_hooks_for(heads, replacements))
 
 
@@ -115,6 +120,7 @@ def head_ablated_logit_diff(
     model, batch: ioi.IOIBatch, heads: Sequence[Head], *, replacements: dict[int, Tensor]
 ) -> Tensor:
     """Per-prompt logit difference with ``heads`` ablated, without building full logits."""
+    check_heads(model, heads)
     resid = model.run_with_hooks(batch.tokens, fwd_hooks=_hooks_for(heads, replacements),
                                  stop_at_layer=model.cfg.n_layers)
     return ioi.logit_diff_from_resid(model, resid, batch)

@@ -184,7 +184,7 @@ def load_model(
     name: str = "tiny-ioi",
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
 ) -> HookedSAETransformer:
     """Load a model as a ``HookedSAETransformer`` in eval mode.
 
@@ -193,15 +193,21 @@ def load_model(
             TransformerLens; ``"tiny-ioi"``, the GPT-2-architecture model bundled with
             saetools; or a path to a directory written by :func:`save_model`.
         device: where to put the model; default CUDA when available, else CPU.
-        dtype: parameter dtype.
+        dtype: parameter dtype: a ``torch.dtype`` or its name (``"float32"``, ``"float16"``,
+            ``"bfloat16"``, ``"float64"``).
 
     Raises:
         ModelUnavailableError: GPT-2 requested with no network and no cached copy (raised
             within seconds; names the bundled alternative).
         ValueError: an unknown name.
     """
+    dtype = _dtype(dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:0' or a torch.device") from err
     if name in PRETRAINED_ALIASES:
         return _load_pretrained(name, device=device, dtype=dtype)
     if name in BUNDLED_MODELS:
@@ -212,6 +218,18 @@ def load_model(
         f"unknown model {name!r}: choose one of {sorted(PRETRAINED_ALIASES)} (Hugging Face hub), "
         f"{list(BUNDLED_MODELS)} (bundled), or a directory written by saetools.models.save_model"
     )
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+"""Parameter dtypes :func:`load_model` accepts by name."""
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"unsupported dtype {dtype!r}: use one of {list(DTYPES)} (or the torch.dtype itself)")
 
 
 def random_gpt2_small(*, seed: int = 0, device: str = "cpu") -> HookedSAETransformer:

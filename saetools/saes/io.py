@@ -6,7 +6,10 @@ Everything saved here loads with ``sae_lens.SAE.load_from_disk`` (the sae-lens i
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
+
+from saetools.data.files import atomic_dir
 
 __all__ = ["PretrainedSAEUnavailableError", "load_pretrained_sae", "load_sae", "save_sae"]
 
@@ -20,11 +23,18 @@ def save_sae(sae, path: str | Path) -> Path:
 
     Training SAEs are converted by sae-lens (``save_inference_model``): e.g. BatchTopK and
     Matryoshka save as JumpReLU with their learned global threshold.
-    """
-    from sae_lens import TrainingSAE
 
+    The write is atomic: the files are written to a temporary folder beside ``path`` and moved
+    into place at the end, so a save that fails part-way (an interrupt, a full disk) leaves an
+    SAE already at ``path`` loadable and unchanged.
+    """
+    from sae_lens import SAE, TrainingSAE
+
+    if not isinstance(sae, SAE | TrainingSAE):
+        raise TypeError(f"save_sae needs a sae-lens SAE, got {type(sae).__name__}")
     path = Path(path)
-    (sae.save_inference_model if isinstance(sae, TrainingSAE) else sae.save_model)(path)
+    with atomic_dir(path) as tmp:
+        (sae.save_inference_model if isinstance(sae, TrainingSAE) else sae.save_model)(tmp)
     return path
 
 
@@ -35,7 +45,38 @@ def load_sae(path: str | Path, *, device: str = "cpu"):
     path = Path(path)
     if not (path / "cfg.json").is_file():
         raise FileNotFoundError(f"{path} is not an SAE folder (no cfg.json); write one with saetools.saes.save_sae")
-    return SAE.load_from_disk(str(path), device=device).eval()
+    _check_sae_files(path)
+    import saetools.saes  # noqa: F401  (registers saetools's architectures with sae-lens)
+
+    try:
+        return SAE.load_from_disk(str(path), device=device).eval()
+    except TypeError as err:  # a cfg.json whose fields do not fit its architecture
+        raise ValueError(f"{path / 'cfg.json'} does not describe a valid SAE ({err}); re-save the SAE "
+                         "with saetools.saes.save_sae, or repair the listed fields") from err
+
+
+def _check_sae_files(path: Path) -> None:
+    """Clear errors for an SAE folder whose files are damaged (before sae-lens reads them)."""
+    from safetensors import safe_open
+
+    cfg_file, weights = path / "cfg.json", path / "sae_weights.safetensors"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_file} is not valid JSON ({err}); the SAE folder is damaged: re-save it with "
+                         "saetools.saes.save_sae") from err
+    missing = [k for k in ("architecture", "d_in", "d_sae") if k not in cfg]
+    if missing:
+        raise ValueError(f"{cfg_file} lacks the fields {missing}; re-save the SAE with saetools.saes.save_sae")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing; the SAE folder is incomplete: re-save it with "
+                                "saetools.saes.save_sae")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # safetensors raises its own error type for damaged files
+        raise ValueError(f"{weights} is damaged or truncated ({err}); re-save the SAE with "
+                         "saetools.saes.save_sae") from err
 
 
 def load_pretrained_sae(release: str, sae_id: str, *, device: str = "cpu"):

@@ -17,6 +17,7 @@ al.'s "ABBA"), ``"BAB"`` means the subject comes first (Wang et al.'s "BABA").
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -36,6 +37,8 @@ __all__ = [
     "MultiTokenWordError",
     "single_token_words",
     "check_single_tokens",
+    "check_templates",
+    "TEMPLATE_FIELDS",
     "sample_spec",
     "wang_spec",
     "makelov_spec",
@@ -88,6 +91,30 @@ def check_single_tokens(model_or_tokenizer, words: Sequence[str], *, kind: str =
         )
 
 
+TEMPLATE_FIELDS = ("N1", "N2", "S", "PLACE", "OBJECT")
+"""The placeholders an IOI template may use; ``{N1}``, ``{N2}`` and ``{S}`` are required."""
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming templates with unknown or missing placeholders."""
+    if isinstance(templates, str) or not len(templates):
+        raise ValueError("templates must be a non-empty list of template strings, e.g. "
+                         "['Then, {N1} and {N2} went to the {PLACE}. {S} gave a {OBJECT} to']")
+    for t in templates:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+        except ValueError as err:
+            raise ValueError(f"template {t!r} is not a valid format string ({err})") from err
+        unknown, missing = sorted(fields - set(TEMPLATE_FIELDS)), [f for f in ("N1", "N2", "S") if f not in fields]
+        if unknown or missing:
+            raise ValueError(f"template {t!r}: unknown placeholders {unknown}, missing {missing}; an IOI "
+                             f"template uses {{N1}} and {{N2}} (first clause), {{S}} (subject) and optionally "
+                             "{PLACE} and {OBJECT}")
+        if t.rstrip().endswith("}"):
+            raise ValueError(f"template {t!r} ends with a placeholder; it must end just before the answer "
+                             "(e.g. '... gave it to')")
+
+
 def sample_spec(
     n: int,
     *,
@@ -115,7 +142,8 @@ def sample_spec(
     if n < 0 or (symmetric and n % 2):
         raise ValueError(f"n must be >= 0 (and even when symmetric), got {n}")
     if len(names) < 3:
-        raise ValueError("need at least 3 names")
+        raise ValueError(f"need at least 3 distinct names, got {len(names)}: IO, S and the ABC third name differ")
+    check_templates(templates)
     places = list(places if places is not None else load_words("places"))
     objects = list(objects if objects is not None else load_words("objects"))
     rng = np.random.default_rng(seed)
@@ -328,11 +356,23 @@ def render(model, spec: pd.DataFrame, *, equal_length: bool = False) -> IOIBatch
             without padding and require this).
 
     Raises:
-        MultiTokenWordError: a name is not a single token for this tokenizer.
+        MultiTokenWordError: a name, place or object is not a single token for this tokenizer
+            (then prompts of one template would have different token layouts).
+        ValueError: no prompts, missing columns, or a template with unknown placeholders.
     """
     tok = model.tokenizer
     if tok is None:
         raise ValueError("the model has no tokenizer; IOI prompts need one (see load_model)")
+    if len(spec) == 0:
+        raise ValueError("the spec has no prompts; sample some with ioi.wang_spec(n, seed=...) (n >= 1)")
+    missing = [c for c in _SPEC_COLUMNS if c not in spec.columns]
+    if missing:
+        raise ValueError(f"the spec lacks the columns {missing}; build it with ioi.sample_spec / wang_spec / "
+                         "makelov_spec")
+    check_templates(list(spec["template"].unique()))
+    # One token layout per template (mean ablation and patching rely on it): every word single-token.
+    check_single_tokens(tok, sorted(set(spec["place"])), kind="place")
+    check_single_tokens(tok, sorted(set(spec["object"])), kind="object")
     texts = _fill(spec)
     io_ids = _name_ids(tok, list(spec["io"]))
     s_ids = _name_ids(tok, list(spec["s"]))

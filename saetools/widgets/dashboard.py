@@ -67,9 +67,23 @@ def latent_html(data, latent: int) -> OfflineHTML:
     return OfflineHTML(body)
 
 
+def _as_datas(datas) -> dict:
+    """``{sae name: LatentData}`` with at least one latent each, or a clear error."""
+    datas = datas if isinstance(datas, Mapping) else {getattr(datas, "sae_name", "?"): datas}
+    if not datas:
+        raise ValueError("no latent data to show: pass saetools.latents.gather_latent_data(...) for one or more SAEs")
+    for name, data in datas.items():
+        if not hasattr(data, "latents") or not hasattr(data, "frequency"):
+            raise TypeError(f"{name!r}: expected saetools.latents.LatentData, got {type(data).__name__}")
+        if not len(data.latents):
+            raise ValueError(f"{name!r} has no gathered latents: pass latents=[...] (or more prompts) to "
+                             "saetools.latents.gather_latent_data")
+    return dict(datas)
+
+
 def dashboard_html(datas: Mapping[str, object] | object) -> OfflineHTML:
     """Static fallback: every gathered latent of every SAE on one page (collapsible)."""
-    datas = datas if isinstance(datas, Mapping) else {datas.sae_name: datas}
+    datas = _as_datas(datas)
     parts = []
     for name, data in datas.items():
         items = "".join(f"<details><summary>latent {j} ({data.frequency[j]:.2%})</summary>"
@@ -82,7 +96,7 @@ def latent_browser(datas: Mapping[str, object] | object):
     """An ipywidgets panel: pick an SAE and a latent; the dashboard updates (core widgets only)."""
     import ipywidgets as widgets
 
-    datas = datas if isinstance(datas, Mapping) else {datas.sae_name: datas}
+    datas = _as_datas(datas)
     names = list(datas)
     sae_pick = widgets.Dropdown(options=names, value=names[0], description="SAE")
     latent_pick = widgets.Dropdown(options=datas[names[0]].latents, description="latent")

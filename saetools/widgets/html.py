@@ -58,9 +58,10 @@ class OfflineHTML:
                 f"style='width:100%;height:{height}px;border:0'></iframe>")
 
     def save(self, path) -> None:
-        """Write a standalone HTML file."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"<!doctype html><meta charset='utf-8'>{self.html}")
+        """Write a standalone HTML file (atomically: an existing file is replaced only when done)."""
+        from saetools.data.files import atomic_write_text
+
+        atomic_write_text(path, f"<!doctype html><meta charset='utf-8'>{self.html}")
 
 
 def attention_heads_html(
@@ -92,4 +93,6 @@ def attention_heads_html(
 
 def table_html(df: pd.DataFrame, *, float_format: str = "{:.3f}") -> OfflineHTML:
     """A DataFrame as a compact HTML table (the static fallback of the panels)."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"table_html takes a pandas DataFrame, got {type(df).__name__}")
     return OfflineHTML(df.to_html(index=False, float_format=float_format.format, border=0))

@@ -7,6 +7,15 @@ import pandas as pd
 __all__ = ["heatmap", "scatter_roles"]
 
 
+def _check_table(df: pd.DataFrame, columns: list[str], what: str) -> None:
+    if not isinstance(df, pd.DataFrame) or df.empty:
+        raise ValueError(f"{what} needs a non-empty DataFrame, got "
+                         f"{'an empty one' if isinstance(df, pd.DataFrame) else type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: the table has no columns {missing}; it has {list(df.columns)}")
+
+
 def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: str,
             label: str | None = None, ax=None, cmap: str = "RdBu", center: float = 0.0):
     """A diverging heatmap of ``df.pivot(index, columns, values)``, annotated with values.
@@ -20,6 +29,7 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     """
     import matplotlib.pyplot as plt
 
+    _check_table(df, [index, columns, values], "heatmap")
     grid = df.pivot(index=index, columns=columns, values=values)
     if ax is None:
         _, ax = plt.subplots(figsize=(1.0 + 0.6 * grid.shape[1], 0.8 + 0.45 * grid.shape[0]))
@@ -41,6 +51,7 @@ def scatter_roles(df: pd.DataFrame, *, x: str, y: str, title: str, role: str = "
     """Scatter of one point per head (``L{layer}H{head}`` labels), coloured by role."""
     import matplotlib.pyplot as plt
 
+    _check_table(df, [x, y, role, "layer", "head"], "scatter_roles")
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4))
     roles = df[role].replace("", "other")

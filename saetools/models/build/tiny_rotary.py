@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saetools.models.corpus import long_document, long_document_tokens
 from saetools.models.build.tiny_ioi import make_optimizer, train_step, warmup_cosine_lr
+from saetools.models.corpus import long_document, long_document_tokens
 
 __all__ = [
     "RotaryTrainConfig",
