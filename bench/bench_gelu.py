@@ -47,8 +47,10 @@ def bench(model, name: str, batch: int, pos: int, reps: int) -> None:
         for impl, act in (("TransformerLens", tl_gelu_new), ("saetools", gelu_new)):
             set_gelu(model, act)
             times[impl] = best_time(fn, reps)
-        print(f"{name:>12} {label:>18}: TransformerLens {times['TransformerLens']:.3f}s, saetools "
-              f"{times['saetools']:.3f}s, ratio {times['TransformerLens'] / times['saetools']:.2f}x")
+        print(
+            f"{name:>12} {label:>18}: TransformerLens {times['TransformerLens']:.3f}s, saetools "
+            f"{times['saetools']:.3f}s, ratio {times['TransformerLens'] / times['saetools']:.2f}x"
+        )
     set_gelu(model, gelu_new)
 
 

@@ -43,9 +43,18 @@ def _imports(path: Path) -> list[tuple[str, list[str], int]]:
 def test_import_contracts_hold():
     """Layers (core < tasks / models / saes < circuits < dictionaries / diagnostics / lminfinite <
     experiments < tooling), and the forbidden imports declared in ``pyproject.toml``."""
-    run = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports; "
-                          "raise SystemExit(lint_imports(config_filename='pyproject.toml'))"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from importlinter.cli import lint_imports; "
+            "raise SystemExit(lint_imports(config_filename='pyproject.toml'))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "0 broken" in run.stdout
 
@@ -72,7 +81,7 @@ def test_no_import_cycle_between_modules():
         stack.append(m)
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                cycle = stack[stack.index(d):] + [d]
+                cycle = stack[stack.index(d) :] + [d]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if d not in state:
                 visit(d)
@@ -90,8 +99,10 @@ def test_few_modules_loose_at_the_top():
 
 
 def test_the_word_lists_and_the_ioi_task_do_not_load_sae_lens():
-    code = ("import sys, saetools.data, saetools.tasks.ioi, saetools; "
-            "assert 'sae_lens' not in sys.modules and 'transformer_lens' not in sys.modules, 'loaded'")
+    code = (
+        "import sys, saetools.data, saetools.tasks.ioi, saetools; "
+        "assert 'sae_lens' not in sys.modules and 'transformer_lens' not in sys.modules, 'loaded'"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
 
@@ -128,14 +139,21 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 start = min([d.lineno for d in node.decorator_list] + [node.lineno])
                 if node.end_lineno - start + 1 > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
-                                f"({node.end_lineno - start + 1} lines)")
+                    long.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                        f"({node.end_lineno - start + 1} lines)"
+                    )
     assert not long, "\n".join(long)
 
 
 def _user_facing_texts() -> list[Path]:
-    return (SOURCES + sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "docs").rglob("*.md"))
-            + sorted(PACKAGE.rglob("*.md")) + [ROOT / "README.md"])
+    return (
+        SOURCES
+        + sorted((ROOT / "notebooks").glob("*.ipynb"))
+        + sorted((ROOT / "docs").rglob("*.md"))
+        + sorted(PACKAGE.rglob("*.md"))
+        + [ROOT / "README.md"]
+    )
 
 
 def test_references_stay_inside_the_repository():
@@ -146,14 +164,21 @@ def test_references_stay_inside_the_repository():
     for path in _user_facing_texts():
         text = path.read_text()
         bad += [f"{path.relative_to(ROOT)}: {m.group(0)!r}" for m in outside.finditer(text)]
-        bad += [f"{path.relative_to(ROOT)}: docs/{m.group(1)} does not exist"
-                for m in cited.finditer(text) if not (ROOT / "docs" / m.group(1)).is_file()]
+        bad += [
+            f"{path.relative_to(ROOT)}: docs/{m.group(1)} does not exist"
+            for m in cited.finditer(text)
+            if not (ROOT / "docs" / m.group(1)).is_file()
+        ]
     assert not bad, "\n".join(bad)
 
 
 def test_user_facing_text_speaks_of_the_project_not_of_a_tracker():
     tracker = re.compile(r"\b[Ii]ssues? ?#?\d+|issue's target|\b[Tt]he issue\b")
-    bad = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in _user_facing_texts() for m in tracker.finditer(p.read_text())]
+    bad = [
+        f"{p.relative_to(ROOT)}: {m.group(0)!r}"
+        for p in _user_facing_texts()
+        for m in tracker.finditer(p.read_text())
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -165,5 +190,5 @@ def test_every_notebook_ends_with_its_experiments_check(path):
     assert call, f"{path.name}: the last code cell does not call <experiment>.check(result)"
     imports = "".join("".join(c["source"]) for c in cells)
     assert re.search(rf"from saetools\.experiments import \w+(?: as {call.group(1)})?", imports), path.name
-    after = last[call.end():].strip().splitlines()
+    after = last[call.end() :].strip().splitlines()
     assert all(line.startswith("print(") for line in after), f"{path.name}: work after the check: {after}"

@@ -28,20 +28,26 @@ def check_writable_dir(path: str | Path, *, what: str) -> Path:
         what: what will be written there, for the message (e.g. ``"checkpoints"``).
 
     Raises:
-        NotADirectoryError: ``path`` exists and is a file.
-        PermissionError: the folder cannot be created or written.
+        NotADirectoryError: ``path`` (or a parent) exists and is a file.
+        OSError: the folder cannot be created or written (``PermissionError`` and the like, with
+            the path and the fix in the message).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"cannot write {what} to {path}: it is a file, not a folder; pass a folder path")
+        raise NotADirectoryError(
+            f"cannot write {what} to {path}: it is a file, not a folder; pass a folder path"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".saetools-write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"cannot write {what} to {path}: {err.strerror or err}. Pass a folder you can "
-                              "write to (check the spelling and the permissions) before starting.") from err
+    except OSError as err:  # same error class (PermissionError, NotADirectoryError, ...), clearer message
+        raise type(err)(
+            err.errno,
+            f"cannot write {what} to {path}: {err.strerror or err}. Pass a folder you "
+            "can write to (check the spelling and the permissions)",
+        ) from err
     return path
 
 

@@ -32,8 +32,10 @@ class Profiles:
     def profile(cls, name: str):
         """The configuration called ``name`` (one of ``PROFILES``)."""
         if name not in cls.PROFILES:
-            raise ValueError(f"unknown profile {name!r} for {cls.__module__}.{cls.__qualname__}: "
-                             f"use one of {sorted(cls.PROFILES)}")
+            raise ValueError(
+                f"unknown profile {name!r} for {cls.__module__}.{cls.__qualname__}: "
+                f"use one of {sorted(cls.PROFILES)}"
+            )
         return cls(**cls.PROFILES[name])
 
 

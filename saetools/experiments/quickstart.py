@@ -66,6 +66,7 @@ def check(result: Result) -> None:
     top = float(result.sweep.frac_drop.iloc[0])
     assert top > HEAD_DROP_MIN, f"no head matters for IOI: the largest drop is {top:.0%}"
     assert result.max_logit_change_with_error < ERROR_TERM_ATOL, (
-        f"splicing with the error term changed the logits by {result.max_logit_change_with_error:.2e}")
+        f"splicing with the error term changed the logits by {result.max_logit_change_with_error:.2e}"
+    )
     kept = result.logit_diff_spliced / result.logit_diff
     assert kept > SPLICED_LD_MIN, f"the spliced SAE kept only {kept:.0%} of the logit difference"

@@ -92,16 +92,30 @@ def run(model, cfg: Config) -> Result:
     with torch.no_grad():
         ld = ioi.logit_diff(model(clean.tokens), clean)
         ld_abc = ioi.logit_diff(model(corrupted.tokens), clean)
-    by_template = (clean.spec.assign(logit_diff=ld.cpu().numpy(), abc=ld_abc.cpu().numpy())
-                   .groupby("template")[["logit_diff", "abc"]].mean().sort_values("logit_diff"))
+    by_template = (
+        clean.spec.assign(logit_diff=ld.cpu().numpy(), abc=ld_abc.cpu().numpy())
+        .groupby("template")[["logit_diff", "abc"]]
+        .mean()
+        .sort_values("logit_diff")
+    )
     resid = patch_resid(model, clean, corrupted, positions=list(ioi.POSITIONS) + ["all"])
     heads = {c: patch_heads(model, clean, corrupted, component=c, positions=p) for c, p in HEAD_PATCHES}
     discovery = discover_circuit(model, clean, corrupted)
     faith = faithfulness(model, clean, discovery.circuit, reference=corrupted)
-    return Result(config=cfg, clean=clean, corrupted=corrupted, by_template=by_template,
-                  logit_diff=float(ld.mean()), logit_diff_abc=float(ld_abc.mean()),
-                  accuracy=float((ld > 0).float().mean()), resid=resid, heads=heads, discovery=discovery,
-                  faithfulness=faith, seconds=time.perf_counter() - t0)
+    return Result(
+        config=cfg,
+        clean=clean,
+        corrupted=corrupted,
+        by_template=by_template,
+        logit_diff=float(ld.mean()),
+        logit_diff_abc=float(ld_abc.mean()),
+        accuracy=float((ld > 0).float().mean()),
+        resid=resid,
+        heads=heads,
+        discovery=discovery,
+        faithfulness=faith,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def figures(result: Result) -> dict[str, Figure]:
@@ -110,21 +124,35 @@ def figures(result: Result) -> dict[str, Figure]:
     t = result.by_template
     fig, ax = subplots(figsize=(7, 0.3 * len(t) + 1))
     t.rename(columns={"logit_diff": "IOI", "abc": "ABC corruption"}).plot.barh(ax=ax)
-    ax.set(xlabel="mean logit(IO) - logit(S) at END", ylabel="template",
-           title="Logit difference by template")
+    ax.set(xlabel="mean logit(IO) - logit(S) at END", ylabel="template", title="Logit difference by template")
     ax.set_yticklabels([s[:60] for s in t.index], fontsize=7)
     figs["by_template"] = fig
-    figs["resid"] = heatmap(result.resid, index="layer", columns="position", values="score", ax=_ax(4, 4),
-                            title="Residual stream patching (denoising)", label="normalised logit difference")
+    figs["resid"] = heatmap(
+        result.resid,
+        index="layer",
+        columns="position",
+        values="score",
+        ax=_ax(4, 4),
+        title="Residual stream patching (denoising)",
+        label="normalised logit difference",
+    )
     n_layers = int(result.resid.layer.max()) + 1
     fig, axes = subplots(1, len(HEAD_PATCHES), figsize=(4 * len(HEAD_PATCHES), 0.6 * n_layers + 1.5))
     for ax, (component, position) in zip(axes, HEAD_PATCHES):
-        heatmap(result.heads[component], index="layer", columns="head", values="score", ax=ax,
-                title=f"head {component} patched at {position}", label="normalised logit difference")
+        heatmap(
+            result.heads[component],
+            index="layer",
+            columns="head",
+            values="score",
+            ax=ax,
+            title=f"head {component} patched at {position}",
+            label="normalised logit difference",
+        )
     fig.tight_layout()
     figs["heads"] = fig
-    figs["attention"] = scatter_roles(result.discovery.heads, x="end_io", y="end_s", ax=_ax(5, 4),
-                                      title="Attention from END: to IO vs to S")
+    figs["attention"] = scatter_roles(
+        result.discovery.heads, x="end_io", y="end_s", ax=_ax(5, 4), title="Attention from END: to IO vs to S"
+    )
     figs["paths"] = _path_figure(result, n_layers)
     return figs
 
@@ -136,11 +164,20 @@ def _ax(w: float, h: float):
 def _path_figure(result: Result, n_layers: int) -> Figure:
     roles, heads = result.circuit.roles, result.discovery.heads
     fig, axes = subplots(1, 2, figsize=(10, 0.6 * n_layers + 1.5))
-    for ax, col, role, what in ((axes[0], "via_nm_q", "name_mover", "into the name movers' queries at END"),
-                                (axes[1], "via_si_v", "s_inhibition", "into the S-inhibition heads' values")):
+    for ax, col, role, what in (
+        (axes[0], "via_nm_q", "name_mover", "into the name movers' queries at END"),
+        (axes[1], "via_si_v", "s_inhibition", "into the S-inhibition heads' values"),
+    ):
         if roles[role]:
-            heatmap(heads, index="layer", columns="head", values=col, ax=ax, label="fraction of the logit difference",
-                    title=f"Path patching {what} {list(roles[role])}")
+            heatmap(
+                heads,
+                index="layer",
+                columns="head",
+                values=col,
+                ax=ax,
+                label="fraction of the logit difference",
+                title=f"Path patching {what} {list(roles[role])}",
+            )
         else:
             ax.set_axis_off()
             ax.set_title(f"Path patching {what}: no {role.replace('_', ' ')} heads found", fontsize=10)
@@ -154,7 +191,8 @@ def check(result: Result) -> None:
     faithful (kept >= :data:`KEPT_MIN`, removed >= :data:`REMOVED_MIN`)."""
     assert result.logit_diff > result.logit_diff_abc + ABC_DROP_MIN, (
         f"the ABC corruption lowers the logit difference only from {result.logit_diff:.2f} to "
-        f"{result.logit_diff_abc:.2f}")
+        f"{result.logit_diff_abc:.2f}"
+    )
     all_pos = result.resid[result.resid.position == "all"].score
     assert ((all_pos - 1).abs() < 1e-3).all(), "patching every position must restore the clean run"
     roles = result.circuit.roles
@@ -165,4 +203,6 @@ def check(result: Result) -> None:
         assert (rows[attends] > rows[other]).all(), f"{role} heads must attend more to {attends[4:].upper()}"
     f = result.faithfulness
     assert f.kept >= KEPT_MIN, f"the circuit alone keeps only {f.kept:.0%} (< {KEPT_MIN:.0%})"
-    assert f.removed >= REMOVED_MIN, f"ablating the circuit removes only {f.removed:.0%} (< {REMOVED_MIN:.0%})"
+    assert f.removed >= REMOVED_MIN, (
+        f"ablating the circuit removes only {f.removed:.0%} (< {REMOVED_MIN:.0%})"
+    )

@@ -45,7 +45,12 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def dataset_tokens(
-    model, dataset, *, n_rows: int, context_size: int | None = None, column: str = "text",
+    model,
+    dataset,
+    *,
+    n_rows: int,
+    context_size: int | None = None,
+    column: str = "text",
     split: str = "train",
 ) -> TokenRows:
     """Token rows from a Hugging Face text dataset, packed as ``BOS + context_size - 1`` tokens
