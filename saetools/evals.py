@@ -220,7 +220,6 @@ def _means(model, saes: dict, tokens: Tensor, batch_size: int, ignore: list[int]
     return {h: (v / count).float() for h, v in sums.items()}
 
 
-@torch.no_grad()
 def _check_inputs(model, named: dict, tokens: Tensor, batch_size: int) -> None:
     """Every problem :func:`evaluate_saes` can see before running the model, with its fix."""
     if not named:
@@ -234,6 +233,7 @@ def _check_inputs(model, named: dict, tokens: Tensor, batch_size: int) -> None:
         check_sae_fits(model, sae)
 
 
+@torch.no_grad()
 def evaluate_saes(
     model,
     saes,
