@@ -26,7 +26,7 @@ reproduce: install
 	$(VENV)/bin/saetools reproduce --model $(MODEL) --profile $(PROFILE) --out $(OUT)
 
 bench: install
-	for f in bench/*.py; do $(PY) $$f || exit 1; done
+	for f in bench/bench_*.py; do $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -8,23 +8,13 @@ Usage: ``python bench/bench_gelu.py [--reps 5]``. Prints times and ratios (Trans
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _timing import best_time
 from transformer_lens.utilities.activation_functions import gelu_new as tl_gelu_new
 
 import saetools
 from saetools.models.loading import gelu_new, random_gpt2_small
-
-
-def best_time(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def set_gelu(model, fn) -> None:

@@ -7,24 +7,14 @@ Usage: ``python bench/bench_splice.py [--reps 5]``. Prints times and ratios (spl
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _timing import best_time
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 import saetools
 from saetools.models.loading import random_gpt2_small
-
-
-def best_time(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 @torch.no_grad()

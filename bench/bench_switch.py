@@ -28,6 +28,7 @@ import threading
 import time
 
 import torch
+from _timing import best_time  # noqa: E402  (bench/ is on sys.path when run as a script)
 from sae_lens import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
@@ -79,18 +80,6 @@ def build(variant: str, a) -> tuple:
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def best_time(fn, reps: int, device: str) -> float:
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def peak_memory(variant: str, a) -> int:
@@ -153,7 +142,7 @@ def main() -> None:
     times = {}
     for variant in VARIANTS:
         _, fn = build(variant, a)
-        times[variant] = best_time(fn, a.reps, a.device)
+        times[variant] = best_time(fn, a.reps, lambda: _sync(a.device))
         del fn
         print(f"  {variant:15s} {times[variant] * 1e3:9.1f} ms (best of {a.reps})", flush=True)
     fwd = times["topk-forward"] / times["switch-forward"]
