@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from saetools.data.files import atomic_write_text, check_writable_dir
+from saetools.data.files import atomic_file, atomic_write_text, check_writable_dir
 
 __all__ = ["PROFILES", "NotebookResult", "find_notebooks", "execute_notebook", "reproduce", "write_index"]
 
@@ -84,16 +84,19 @@ def execute_notebook(
     executed = out_dir / path.name
     t0 = time.perf_counter()
     error = None
-    try:
-        pm.execute_notebook(
-            str(path), str(executed), parameters=parameters, kernel_name=kernel_name,
-            progress_bar=False, execution_timeout=timeout, cwd=str(path.parent),
-        )
-    except Exception as exc:  # a failing notebook is a result, not a crash of the runner
-        if hasattr(exc, "ename"):  # papermill's PapermillExecutionError: the cell's own error
-            error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
-        else:
-            error = f"{type(exc).__name__}: {exc}".strip() or traceback.format_exc()
+    # papermill writes as it goes: run into a temporary file, so an interrupted run leaves the
+    # previous executed notebook in place; a finished run (passing or failing) replaces it.
+    with atomic_file(executed) as tmp:
+        try:
+            pm.execute_notebook(
+                str(path), str(tmp), parameters=parameters, kernel_name=kernel_name,
+                progress_bar=False, execution_timeout=timeout, cwd=str(path.parent),
+            )
+        except Exception as exc:  # a failing notebook is a result, not a crash of the runner
+            if hasattr(exc, "ename"):  # papermill's PapermillExecutionError: the cell's own error
+                error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+            else:
+                error = f"{type(exc).__name__}: {exc}".strip() or traceback.format_exc()
     html_path = None
     if write_html and executed.exists():
         html_path = executed.with_suffix(".html")

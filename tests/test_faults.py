@@ -26,7 +26,7 @@ IDS = ["disk full", "interrupt"]
 
 def _leftovers(folder):
     return sorted(
-        p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))
+        p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp" in p.name or p.name.endswith(".old"))
     )
 
 
@@ -171,3 +171,47 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     with files.atomic_dir(target) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
+def test_a_failed_model_save_keeps_the_model_already_there(tmp_path, monkeypatch, fault):
+    import safetensors.torch
+
+    from saetools.models.loading import load_model, save_model
+
+    model = random_model_with_bundled_tokenizer()
+    save_model(model, tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+
+    def partial_then_fail(state, filename, *a, **k):
+        open(filename, "wb").write(b"\x00" * 10)
+        raise fault
+
+    monkeypatch.setattr(safetensors.torch, "save_file", partial_then_fail)
+    with pytest.raises(type(fault)):
+        save_model(model, tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "model.safetensors").read_bytes() == before and _leftovers(tmp_path) == []
+    load_model(str(tmp_path), device="cpu")
+
+
+def test_an_interrupted_notebook_run_keeps_the_previous_executed_notebook(tmp_path, monkeypatch):
+    import papermill
+
+    from saetools.reproduce import execute_notebook
+
+    nb = tmp_path / "nb.ipynb"
+    nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "nb.ipynb").write_text("previous run")
+
+    def interrupted(input_path, output_path, **kw):
+        open(output_path, "w").write('{"cells": [')  # papermill writes as it goes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute_notebook(nb, tmp_path / "out", {}, write_html=False)
+    assert (tmp_path / "out" / "nb.ipynb").read_text() == "previous run"
+    assert _leftovers(tmp_path / "out") == []

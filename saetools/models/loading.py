@@ -99,16 +99,22 @@ def build_model(cfg: HookedTransformerConfig, tokenizer=None) -> HookedSAETransf
 
 
 def save_model(model: HookedSAETransformer, out_dir: str | Path) -> None:
-    """Save weights (safetensors) and config fields so :func:`load_model` can rebuild it."""
+    """Save weights (safetensors) and config fields so :func:`load_model` can rebuild it.
+
+    Each file is written atomically (a temporary file beside it, then one rename), so a save
+    that fails part-way leaves the files already there intact.
+    """
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from saetools.data.files import atomic_file, atomic_write_text, check_writable_dir
+
+    out_dir = check_writable_dir(out_dir, what="the model")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.endswith((".IGNORE", ".mask"))}
-    save_file(state, str(out_dir / "model.safetensors"))
+    with atomic_file(out_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     fields = {k: getattr(model.cfg, k) for k in _CONFIG_FIELDS}
-    (out_dir / "config.json").write_text(json.dumps(fields, indent=1) + "\n")
+    atomic_write_text(out_dir / "config.json", json.dumps(fields, indent=1) + "\n")
 
 
 def bundled_model_dir(name: str) -> Path:
