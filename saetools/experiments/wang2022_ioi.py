@@ -5,6 +5,7 @@ and its faithfulness. Behind ``notebooks/01_ioi_circuit.ipynb``; see ``docs/wang
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -163,24 +164,21 @@ def _ax(w: float, h: float):
 
 def _path_figure(result: Result, n_layers: int) -> Figure:
     roles, heads = result.circuit.roles, result.discovery.heads
-    fig, axes = subplots(1, 2, figsize=(10, 0.6 * n_layers + 1.5))
-    for ax, col, role, what in (
-        (axes[0], "via_nm_q", "name_mover", "into the name movers' queries at END"),
-        (axes[1], "via_si_v", "s_inhibition", "into the S-inhibition heads' values"),
+    empty = not roles["name_mover"] and not roles["s_inhibition"]
+    fig, axes = subplots(1, 2, figsize=(10, 2.2 if empty else 0.6 * n_layers + 1.5))
+    for ax, col, role, label, what in (
+        (axes[0], "via_nm_q", "name_mover", "name-mover", "into the name movers' queries at END"),
+        (axes[1], "via_si_v", "s_inhibition", "S-inhibition", "into the S-inhibition heads' values"),
     ):
         if roles[role]:
-            heatmap(
-                heads,
-                index="layer",
-                columns="head",
-                values=col,
-                ax=ax,
-                label="fraction of the logit difference",
-                title=f"Path patching {what} {list(roles[role])}",
-            )
+            heatmap(heads, index="layer", columns="head", values=col, ax=ax,
+                    label="fraction of the logit difference",
+                    title=f"Path patching {what} {list(roles[role])}")
         else:
             ax.set_axis_off()
-            ax.set_title(f"Path patching {what}: no {role.replace('_', ' ')} heads found", fontsize=10)
+            msg = f"Path patching {what}: no {label} heads were found, so there is no path."
+            ax.text(0.5, 0.5, textwrap.fill(msg, 42), ha="center", va="center", transform=ax.transAxes,
+                    fontsize=10)
     fig.tight_layout()
     return fig
 
