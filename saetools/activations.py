@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saetools.data.files import atomic_dir, atomic_write_text
+from saetools.data.files import atomic_dir
 from saetools.hooks import check_hook_names
 
 __all__ = ["ActivationStore", "activation_batches", "collect_activations"]
@@ -115,7 +115,8 @@ def _write_shards(folder: Path, chunks, *, shard_rows: int, hook_name: str | Non
         flush(torch.cat(buf))
     if not files:
         raise ValueError("no activations to write: the token rows are empty")
-    atomic_write_text(folder / "store.json", json.dumps({"hook_name": hook_name, "shards": files}) + "\n")
+    # the folder itself is swapped in atomically (atomic_dir), so a plain write is enough here
+    (folder / "store.json").write_text(json.dumps({"hook_name": hook_name, "shards": files}) + "\n")
 
 
 class ActivationStore:

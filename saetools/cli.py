@@ -27,11 +27,13 @@ def _reproduce(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
+    from saetools.reproduce import PROFILES
+
     parser = argparse.ArgumentParser(prog="saetools", description="SAE interpretability toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="execute every notebook and write an HTML report")
     rep.add_argument("--model", default="tiny-ioi", help="tiny-ioi (bundled, default) or gpt2")
-    rep.add_argument("--profile", default="smoke", choices=["smoke", "full"],
+    rep.add_argument("--profile", default="smoke", choices=PROFILES,
                      help="smoke: minutes on a CPU; full: the paper-scale run (GPU)")
     rep.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output folder")
     rep.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="notebook folder")

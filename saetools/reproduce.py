@@ -22,15 +22,6 @@ PROFILES = ("smoke", "full")
 """The profiles every notebook offers."""
 
 
-def _check_model(model: str) -> None:
-    from saetools.models.loading import BUNDLED_MODELS, PRETRAINED_ALIASES
-
-    if model in BUNDLED_MODELS or model in PRETRAINED_ALIASES or Path(model).is_dir():
-        return
-    raise ValueError(f"unknown model {model!r}: use one of {list(BUNDLED_MODELS)} (bundled), "
-                     f"{sorted(PRETRAINED_ALIASES)} (Hugging Face hub) or a folder written by "
-                     "saetools.models.save_model")
-
 
 @dataclass(frozen=True)
 class NotebookResult:
@@ -131,7 +122,9 @@ def reproduce(
     Everything is checked before the first kernel starts: the model name, the profile, that
     there are notebooks to run and that ``out_dir`` can be written.
     """
-    _check_model(model)
+    from saetools.models.loading import check_model_name
+
+    check_model_name(model)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {list(PROFILES)}")
     all_paths = find_notebooks(notebooks)

@@ -18,11 +18,12 @@ from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer
 
 import saetools
-from saetools import cli
+from saetools import cli, widgets
 from saetools.circuits import ablation, patching
 from saetools.hooks import HookNameError, attached_hook_count, check_heads, check_hook_names
 from saetools.splicing import SAEShapeError, ablate_latents, patch_latents, steer_latents
 from saetools.tasks import ioi
+from saetools.widgets.makelov import OverSplittingExplorer
 
 pytestmark = pytest.mark.usefixtures("user_view")
 
@@ -501,43 +502,37 @@ def test_unknown_profile():
     "call, exc, patterns",
     [
         (
-            lambda: __import__("saetools.widgets", fromlist=["x"]).dashboard_html({}),
+            lambda: widgets.dashboard_html({}),
             ValueError,
             ("no latent data", "gather_latent_data"),
         ),
         (
-            lambda: __import__("saetools.widgets", fromlist=["x"]).latent_browser({}),
+            lambda: widgets.latent_browser({}),
             ValueError,
             ("no latent data", "gather_latent_data"),
         ),
         (
-            lambda: __import__("saetools.widgets", fromlist=["x"]).heatmap(
-                pd.DataFrame(), index="a", columns="b", values="c", title="t"
-            ),
+            lambda: widgets.heatmap(pd.DataFrame(), index="a", columns="b", values="c", title="t"),
             ValueError,
             ("non-empty DataFrame",),
         ),
         (
-            lambda: __import__("saetools.widgets", fromlist=["x"]).heatmap(
-                pd.DataFrame({"a": [1]}), index="a", columns="b", values="c", title="t"
-            ),
+            lambda: widgets.heatmap(pd.DataFrame({"a": [1]}), index="a", columns="b", values="c", title="t"),
             ValueError,
             ("no columns \\['b', 'c'\\]",),
         ),
         (
-            lambda: __import__("saetools.widgets", fromlist=["x"]).table_html([1, 2]),
+            lambda: widgets.table_html([1, 2]),
             TypeError,
             ("DataFrame",),
         ),
         (
-            lambda: __import__("saetools.widgets", fromlist=["x"]).attention_heads_html(
-                ["a", "b"], torch.ones(1, 3, 3)
-            ),
+            lambda: widgets.attention_heads_html(["a", "b"], torch.ones(1, 3, 3)),
             ValueError,
             ("pattern must be \\[head, 2, 2\\]",),
         ),
         (
-            lambda: __import__("saetools.widgets.makelov", fromlist=["x"]).OverSplittingExplorer({}),
+            lambda: OverSplittingExplorer({}),
             ValueError,
             ("results is empty", "over_splitting"),
         ),

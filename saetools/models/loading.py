@@ -30,6 +30,7 @@ __all__ = [
     "ModelUnavailableError",
     "load_model",
     "build_model",
+    "check_model_name",
     "gelu_new",
     "save_model",
     "use_fast_gelu",
@@ -216,10 +217,16 @@ def load_model(
         raise ValueError(f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:0' or a torch.device") from err
     if name in PRETRAINED_ALIASES:
         return _load_pretrained(name, device=device, dtype=dtype)
-    if name in BUNDLED_MODELS:
-        return _load_from_dir(bundled_model_dir(name), device=device, dtype=dtype)
-    if Path(name).is_dir():
-        return _load_from_dir(Path(name), device=device, dtype=dtype)
+    check_model_name(name)
+    return _load_from_dir(bundled_model_dir(name) if name in BUNDLED_MODELS else Path(name), device=device,
+                          dtype=dtype)
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ValueError`` unless :func:`load_model` knows ``name`` (hub alias, bundled model,
+    or a folder); checks only the name, loads nothing."""
+    if name in PRETRAINED_ALIASES or name in BUNDLED_MODELS or Path(name).is_dir():
+        return
     raise ValueError(
         f"unknown model {name!r}: choose one of {sorted(PRETRAINED_ALIASES)} (Hugging Face hub), "
         f"{list(BUNDLED_MODELS)} (bundled), or a directory written by saetools.models.save_model"

@@ -46,8 +46,6 @@ def load_sae(path: str | Path, *, device: str = "cpu"):
     if not (path / "cfg.json").is_file():
         raise FileNotFoundError(f"{path} is not an SAE folder (no cfg.json); write one with saetools.saes.save_sae")
     _check_sae_files(path)
-    import saetools.saes  # noqa: F401  (registers saetools's architectures with sae-lens)
-
     try:
         return SAE.load_from_disk(str(path), device=device).eval()
     except TypeError as err:  # a cfg.json whose fields do not fit its architecture
