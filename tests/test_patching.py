@@ -1,5 +1,6 @@
 """Activation and path patching: equal to naive per-prompt references, exact limits, scoped."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -268,3 +269,57 @@ def test_attached_hooks_send_patching_to_the_hooked_path(random_model, pair):
     assert incremental.unsupported(random_model) is None
     torch.testing.assert_close(hooked.logit_diff.item(), want, atol=ATOL, rtol=0)
     assert abs(hooked.logit_diff.item() - plain.logit_diff.item()) > 1e-3  # the hook mattered
+
+
+@pytest.mark.parametrize("receivers", ["logits", [(3, 1)]])
+def test_path_patching_from_a_later_layer_equals_a_run_from_the_embeddings(deep_model, receivers):
+    """Path patching starts each sender's runs at the sender's layer from the cached residual
+    stream; a whole run from the embeddings with the same frozen heads gives the same numbers."""
+    clean = ioi.render(deep_model, ioi.wang_spec(8, seed=3))
+    corrupted = patching.default_corruption(deep_model, clean, seed=1)
+    senders = [(1, 2), (2, 0)]
+    df = patching.path_patch(deep_model, clean, corrupted, receivers=receivers, senders=senders)
+    _, cc = deep_model.run_with_cache(clean.tokens)
+    _, xc = deep_model.run_with_cache(corrupted.tokens)
+    n_layers = deep_model.cfg.n_layers
+    for (layer, head), got in zip(senders, df.logit_diff):
+        def freeze(act, hook, layer=layer, head=head):
+            out = cc[hook.name].clone()
+            if hook.name == f"blocks.{layer}.attn.hook_z":
+                out[:, :, head] = xc[hook.name][:, :, head]
+            return out
+
+        hooks = [(f"blocks.{l}.attn.hook_z", freeze) for l in range(layer, n_layers)]
+        if receivers == "logits":
+            with torch.no_grad():
+                want = ioi.logit_diff(deep_model.run_with_hooks(clean.tokens, fwd_hooks=hooks), clean).mean()
+        else:
+            store = {}
+            with torch.no_grad():
+                deep_model.run_with_hooks(clean.tokens, fwd_hooks=hooks + [
+                    ("blocks.3.attn.hook_q", lambda a, hook: store.update(q=a.clone()))])
+            rows, end = torch.arange(len(clean)), clean.positions["END"]
+
+            def patch_q(act, hook):
+                act = act.clone()
+                act[rows, end, 1] = store["q"][rows, end, 1]
+                return act
+
+            with torch.no_grad():
+                logits = deep_model.run_with_hooks(clean.tokens, fwd_hooks=[("blocks.3.attn.hook_q", patch_q)])
+            want = ioi.logit_diff(logits, clean).mean()
+        assert got == pytest.approx(float(want), abs=1e-4)
+
+
+def test_direct_effects_without_hooked_runs_equal_the_hooked_path(bundled_model, monkeypatch):
+    """Path patching to the logits recomputes only END through the MLPs (heads frozen); the
+    hooked runs it replaces give the same numbers for every sender."""
+    clean = ioi.render(bundled_model, ioi.wang_spec(24, seed=0, model=bundled_model))
+    corrupted = patching.default_corruption(bundled_model, clean, seed=1)
+    assert incremental.unsupported(bundled_model) is None
+    fast = patching.path_patch(bundled_model, clean, corrupted)
+    monkeypatch.setattr(incremental, "unsupported", lambda model: "forced onto the hooked path")
+    hooked = patching.path_patch(bundled_model, clean, corrupted)
+    assert len(fast) == bundled_model.cfg.n_layers * bundled_model.cfg.n_heads
+    np.testing.assert_allclose(fast.logit_diff, hooked.logit_diff, atol=1e-5)
+    np.testing.assert_allclose(fast.score, hooked.score, atol=1e-5)

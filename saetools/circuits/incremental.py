@@ -34,7 +34,8 @@ from transformer_lens.utilities.attention import simple_attn_linear
 from saetools.hooks import attached_hook_count
 from saetools.models.loading import gelu_new
 
-__all__ = ["Window", "window", "unsupported", "forward_from", "full_cache", "counterpart_cache", "cache_names"]
+__all__ = ["Window", "window", "unsupported", "forward_from", "full_cache", "counterpart_cache", "cache_names",
+           "mlp_out"]
 
 Cache = dict[str, Tensor]
 
@@ -137,11 +138,11 @@ def _out(attn, z: Tensor) -> Tensor:
     return F.linear(z.reshape(z.shape[0], -1), w, attn.b_O)
 
 
-def _mlp(block, h: Tensor) -> Tensor:
-    """``block.apply_mlp(h)``, fused for TransformerLens' plain GELU MLP."""
+def mlp_out(block, h: Tensor) -> Tensor:
+    """``block.applymlp_out(h)``, fused for TransformerLens' plain GELU MLP."""
     mlp, cfg = block.mlp, block.cfg
     if type(mlp) is not MLP or cfg.act_fn != "gelu_new" or cfg.is_layer_norm_activation():
-        return block.apply_mlp(h)
+        return block.applymlp_out(h)
     return batch_addmm(mlp.b_out, mlp.W_out, gelu_new(batch_addmm(mlp.b_in, mlp.W_in, h)))
 
 
@@ -215,7 +216,7 @@ def forward_from(
             x = x[is_end]
         x = x + _out(attn, z)
         if not model.cfg.attn_only:
-            x = x + _mlp(block, block.ln2(x[None])[0])
+            x = x + mlp_out(block, block.ln2(x[None])[0])
     if record is not None:
         name = f"blocks.{n - 1}.hook_resid_post"
         record[name] = _fill(cache.get(name), at, x, size)

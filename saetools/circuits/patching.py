@@ -343,7 +343,12 @@ def path_patch(
     if too_late:
         raise ValueError(f"senders {too_late} are not before the last receiver layer {last}")
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    runs = _Runs(model, clean, corrupted, z_names, direction)
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    out_names = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)] if to_logits else []
+    runs = _Runs(model, clean, corrupted, z_names + resid_names + out_names, direction)
+    if to_logits and incremental.unsupported(model) is None:
+        rows = [{"layer": l, "head": h, "logit_diff": ld} for (l, h), ld in zip(senders, _direct_effects(runs, senders))]
+        return runs.frame(rows)
     base_pos, src_pos = runs.positions(receiver_position)
     rows = []
     for layer, head in tqdm(senders, desc="path patching", leave=False):
@@ -354,16 +359,48 @@ def path_patch(
             if other == layer:
                 frozen[:, :, head] = runs.source_cache[z_names[layer]][:, :, head]
             freeze.append((z_names[other], _copy_hook(frozen, None, None)))
+        # Nothing before the sender's layer changes: every run starts there, from the cache.
         if to_logits:
-            ld = float(_run_ld(model, runs.metric_batch, freeze).mean())
+            ld = runs.ld(freeze, layer)
         else:
-            ld = _receiver_step(runs, freeze, recv, receiver_input, base_pos, last)
+            ld = _receiver_step(runs, freeze, recv, receiver_input, base_pos, last, layer)
         rows.append({"layer": layer, "head": head, "logit_diff": ld})
     return runs.frame(rows)
 
 
-def _receiver_step(runs: _Runs, freeze, recv, receiver_input: str, base_pos, last: int) -> float:
-    """Steps (1)-(2) of path patching for head receivers; returns the mean logit difference."""
+def _direct_effects(runs: _Runs, senders: Sequence[Head]) -> list[float]:
+    """Path patching to the logits without hooked runs: once every head from the sender's layer
+    on is frozen, positions no longer interact (attention outputs are fixed), so only END
+    changes, and only through the MLPs. For each sender: END's residual stream at its layer,
+    plus the sender's change of ``z`` through ``W_O``, then each later block's frozen attention
+    output and recomputed MLP. Equal to the hooked runs up to float rounding (``tests``)."""
+    model, batch = runs.model, runs.metric_batch
+    base, source = runs.base_cache, runs.source_cache
+    end = batch.positions["END"].to(model.W_U.device)
+    rows = torch.arange(len(batch), device=end.device)
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in senders:
+        by_layer.setdefault(layer, []).append(head)
+    effects = {}
+    for layer, heads in by_layer.items():
+        zn = f"blocks.{layer}.attn.hook_z"
+        h = torch.tensor(heads, device=end.device)
+        dz = source[zn][rows, end][:, h] - base[zn][rows, end][:, h]  # [batch, senders, d_head]
+        w_o = model.blocks[layer].attn.W_O[h]  # [senders, d_head, d_model]
+        x = base[f"blocks.{layer}.hook_resid_pre"][rows, end][None] + torch.einsum("bsd,sdm->sbm", dz, w_o)
+        x = x.reshape(-1, x.shape[-1])  # [senders * batch, d_model]
+        for later in range(layer, model.cfg.n_layers):
+            block = model.blocks[later]
+            mid = x + base[f"blocks.{later}.hook_attn_out"][rows, end].repeat(len(heads), 1)
+            x = mid + incremental.mlp_out(block, block.ln2(mid[:, None])[:, 0])
+        for hd, x_end in zip(heads, x.view(len(heads), len(batch), -1)):
+            effects[(layer, hd)] = float(ioi.end_resid_logit_diff(model, x_end, batch).mean())
+    return [effects[s] for s in senders]
+
+
+def _receiver_step(runs: _Runs, freeze, recv, receiver_input: str, base_pos, last: int, start: int) -> float:
+    """Steps (1)-(2) of path patching for head receivers (step (1) starts at layer ``start``, the
+    sender's, from the cached residual stream); returns the mean logit difference."""
     model, store = runs.model, {}
     by_name: dict[str, list[int]] = {}
     for l, h in recv:
@@ -372,8 +409,12 @@ def _receiver_step(runs: _Runs, freeze, recv, receiver_input: str, base_pos, las
     def grab(act, hook):
         store[hook.name] = act.detach()
 
+    left = getattr(model.tokenizer, "padding_side", "right") == "left"
     with scoped_hooks(model, freeze + [(n, grab) for n in by_name]):
-        model(runs.base_batch.tokens, stop_at_layer=last + 1)
+        if start == 0 or left:
+            model(runs.base_batch.tokens, stop_at_layer=last + 1)
+        else:
+            model(runs.base_cache[f"blocks.{start}.hook_resid_pre"], start_at_layer=start, stop_at_layer=last + 1)
     # The receivers' inputs come from the same base prompts: same positions on both sides.
     hooks = [(n, _copy_hook(store[n], base_pos, base_pos, heads=hs)) for n, hs in by_name.items()]
     return float(_run_ld(model, runs.metric_batch, hooks).mean())
