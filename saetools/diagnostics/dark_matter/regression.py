@@ -65,14 +65,26 @@ def _as2d(t: Tensor) -> Tensor:
     return t[:, None] if t.ndim == 1 else t
 
 
+def _solve_normal(gram: Tensor, cross: Tensor) -> Tensor:
+    """``gram^-1 cross`` for a symmetric positive semi-definite ``gram``: Cholesky (a hundred
+    times faster than an SVD at d = 768) unless it fails or is badly conditioned, then the
+    minimum-norm least-squares solution."""
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if info.item() == 0:
+        diag = chol.diagonal()
+        if float(diag.min()) > 1e-6 * float(diag.max()):  # condition number of gram below 1e12
+            return torch.cholesky_solve(cross, chol)
+    return torch.linalg.lstsq(gram, cross, driver="gelsd").solution
+
+
 def fit_linear(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"] | Float[Tensor, " n"], *,
                intercept: bool = False, ridge: float = 0.0, chunk: int = 65536) -> LinearFit:
     """Least squares ``y ≈ x W (+ b)`` by the normal equations in float64.
 
     ``(X^T X + ridge I) W = X^T Y`` with ``X, Y`` centred by their means when ``intercept``
     (then ``b = mean(y) - mean(x) W``). ``ridge = 0`` (default) is plain least squares, the
-    paper's ``torch.linalg.lstsq``; a rank-deficient ``X^T X`` gets the minimum-norm solution
-    (``gelsd``). Gram matrices are accumulated over row chunks, so ``n`` may be large.
+    paper's ``torch.linalg.lstsq``: solved by Cholesky when ``X^T X`` is positive definite (the
+    unique solution), and a rank-deficient one gets the minimum-norm solution (``gelsd``). Gram matrices are accumulated over row chunks, so ``n`` may be large.
     """
     y2 = _as2d(y)
     if x.ndim != 2 or y2.ndim != 2 or y2.shape[0] != x.shape[0]:
@@ -92,7 +104,7 @@ def fit_linear(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"] | Float[T
         gram += xc.T @ xc
         cross += xc.T @ yc
     gram += ridge * torch.eye(x.shape[1], dtype=torch.float64, device=dev)
-    w = torch.linalg.lstsq(gram.cpu(), cross.cpu(), driver="gelsd").solution.to(dev)
+    w = _solve_normal(gram.cpu(), cross.cpu()).to(dev)
     b = my - mx @ w
     if y.ndim == 1:  # a scalar target keeps a vector weight, so predictions are [n]
         w, b = w[:, 0], b[0]
