@@ -302,3 +302,39 @@ def test_edit_targets_keep_the_carried_io_and_s_sections():
     whole = makelov.edit_targets(SimpleNamespace(edits=None, whole_circuit=pd.DataFrame(rows[3:])),
                                  whole_circuit=True)
     assert list(whole.section) == ["S in c"]
+
+
+@pytest.mark.parametrize("variant", ["standard", "gated", "topk_signed", "topk"])
+def test_node_saes_trained_as_one_batch_equal_each_trained_alone(variant):
+    """train_sae_batch maps sae-lens's training step over stacked weights: every SAE keeps its own
+    seed, batch order, clipping and resampling, so the batch gives the SAEs trained one by one."""
+    from saetools.dictionaries.ioi_saes import train_sae_batch
+
+    g = torch.Generator().manual_seed(1)
+    acts = [s * torch.randn(300, 16, generator=g) + s for s in (1.0, 3.0, 10.0)]
+    cfg = IOISAEConfig(epochs=8, batch_size=64, k=2, expansion=4, lr=3e-3, resample_at=(0.25, 0.5))
+    batch = train_sae_batch(acts, variant, cfg, nodes=[None] * 3, seeds=[5, 6, 7])
+    for sae, a, seed in zip(batch, acts, (5, 6, 7)):
+        alone = train_node_sae(a, variant, cfg, seed=seed)
+        assert sae.scaling_factor == alone.scaling_factor
+        for name, p in alone.named_parameters():
+            torch.testing.assert_close(dict(sae.named_parameters())[name], p, atol=1e-6, rtol=1e-5)
+    assert type(batch[0].activation_fn) is type(alone.activation_fn)  # sae-lens's own activation again
+    with shape_checks_off(), pytest.raises(ValueError, match="one shape"):
+        train_sae_batch([acts[0], acts[1][:, :8]], variant, cfg, nodes=[None] * 2, seeds=[0, 1])
+
+
+def test_train_node_saes_batches_nodes_by_width_and_keeps_the_seeds():
+    from saetools.dictionaries.ioi_saes import train_node_saes
+
+    g = torch.Generator().manual_seed(2)
+    nodes = [Node(0, "z", "END", 0), Node(1, "z", "END", 1), Node(1, "resid_post", "END")]
+    acts = {nodes[0]: torch.randn(200, 8, generator=g), nodes[1]: torch.randn(200, 8, generator=g),
+            nodes[2]: torch.randn(200, 32, generator=g)}
+    cfg = IOISAEConfig(variants=("topk", "standard"), epochs=3, batch_size=50, k=2, expansion=2, seed=4)
+    out = train_node_saes(acts, cfg, progress=False)
+    jobs = [(v, n) for v in cfg.variants for n in nodes]  # seed = cfg.seed + job index, as alone
+    for i, (v, n) in enumerate(jobs):
+        alone = train_node_sae(acts[n], v, cfg, node=n, seed=cfg.seed + i)
+        torch.testing.assert_close(out[v][n].sae.W_dec, alone.W_dec, atol=1e-6, rtol=1e-5)
+        assert out[v][n].sae.cfg.metadata.hook_name == n.hook_name

@@ -46,7 +46,7 @@ from saetools.dictionaries.nodes import Node
 from saetools.dictionaries.supervised import SAEDictionary
 
 __all__ = ["VARIANTS", "WEBTEXT_RELEASE", "IOISAEConfig", "lr_multiplier", "resample_dead", "train_node_sae",
-           "train_node_saes", "webtext_attention_saes"]
+           "train_node_saes", "train_sae_batch", "webtext_attention_saes"]
 
 VARIANTS = ("standard", "gated", "topk_signed", "topk")
 WEBTEXT_RELEASE = "gpt2-small-hook-z-kk"
@@ -160,16 +160,12 @@ def resample_dead(sae, x: Float[Tensor, "n d"], dead: Tensor, *, generator: torc
     return int(idx.numel())
 
 
-def _new_optimizer(sae, lr: float) -> torch.optim.Adam:
-    return torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999))
-
-
 def train_node_sae(acts: Float[Tensor, "n d"], variant: Variant, cfg: IOISAEConfig, *, node: Node | None = None,
                    seed: int | None = None, progress: bool = False):
     """Train one SAE of ``variant`` on one node's activations (module docstring).
 
     Args:
-        acts: the node's vectors over the training prompts.
+        acts: the node's vectors over the training prompts (training runs on their device).
         variant: one of :data:`VARIANTS`.
         cfg: the schedule and sizes.
         node: recorded as the SAE's hook name.
@@ -180,64 +176,159 @@ def train_node_sae(acts: Float[Tensor, "n d"], variant: Variant, cfg: IOISAEConf
         ``cfg.metadata`` records ``hook_name``, and ``scaling_factor`` (the normalisation) is
         stored on it as an attribute.
     """
-    from sae_lens import TrainingSAE
-    from sae_lens.saes.sae import TrainStepInput
-
-    if acts.ndim != 2 or acts.shape[0] < 2:
-        raise ValueError(f"acts must be [n >= 2, d], got {tuple(acts.shape)}")
-    if not torch.isfinite(acts).all():
-        raise ValueError("acts contain NaN or inf")
-    seed = cfg.seed if seed is None else seed
-    x = acts.float()
-    scale = math.sqrt(x.shape[1]) / float(x.norm(dim=-1).mean().clamp_min(1e-12))
-    xs = x * scale
-    sae_cfg = _sae_config(variant, x.shape[1], cfg, node.hook_name if node is not None else None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sae = TrainingSAE.from_dict(sae_cfg.to_dict())
-    sae.to(x.device).train()
-    gen = torch.Generator().manual_seed(seed)
-    opt = _new_optimizer(sae, cfg.lr)
-    coeffs = {k: float(getattr(v, "value", v)) for k, v in sae.get_coefficients().items()}
-    resample_epochs = {round(r * cfg.epochs) for r in cfg.resample_at}
-    bs = min(cfg.batch_size, x.shape[0])
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    step = 0
-    for epoch in tqdm(range(cfg.epochs), desc=f"{variant} SAE", leave=False, disable=not progress):
-        if epoch in resample_epochs:
-            sae.eval()
-            resample_dead(sae, xs, ~fired, generator=gen)
-            sae.train()
-            opt = _new_optimizer(sae, cfg.lr)
-            fired.zero_()
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_multiplier(epoch, cfg)
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0] - bs + 1, bs):
-            out = sae.training_forward_pass(TrainStepInput(sae_in=xs[perm[i : i + bs]], coefficients=coeffs,
-                                                           dead_neuron_mask=None, n_training_steps=step,
-                                                           is_logging_step=False))
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            fired |= (out.feature_acts.detach() != 0).any(0).cpu()
-            step += 1
-    sae.eval()
-    sae.fold_activation_norm_scaling_factor(scale)
-    sae.scaling_factor = scale
+    (sae,) = train_sae_batch([acts], variant, cfg, nodes=[node], seeds=[cfg.seed if seed is None else seed],
+                             progress=progress)
     return sae
 
 
-def train_node_saes(acts: Mapping[Node, Tensor], cfg: IOISAEConfig) -> dict[str, dict[Node, SAEDictionary]]:
+def _check_acts(acts: Sequence[Tensor]) -> None:
+    for a in acts:
+        if a.ndim != 2 or a.shape[0] < 2:
+            raise ValueError(f"acts must be [n >= 2, d], got {tuple(a.shape)}")
+        if not torch.isfinite(a).all():
+            raise ValueError("acts contain NaN or inf")
+    if len({tuple(a.shape) for a in acts}) > 1:
+        raise ValueError(f"a batch of SAEs needs activations of one shape, got {sorted({tuple(a.shape) for a in acts})}")
+
+
+class _Step(torch.nn.Module):
+    """One SAE's training step as a module call, so ``torch.func`` can map it over stacked weights."""
+
+    def __init__(self, sae):
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, x: Tensor, coefficients: dict, step: int) -> tuple[Tensor, Tensor]:
+        from sae_lens.saes.sae import TrainStepInput
+
+        out = self.sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=None,
+                                                            n_training_steps=step, is_logging_step=False))
+        return out.loss, out.feature_acts
+
+
+def _clip_per_sae(grads: list[Tensor], max_norm: float = 1.0) -> None:
+    """``clip_grad_norm_`` applied to each SAE of a stack separately (dim 0 indexes the SAEs)."""
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
+
+
+def train_sae_batch(acts: Sequence[Float[Tensor, "n d"]], variant: Variant, cfg: IOISAEConfig, *,
+                    nodes: Sequence[Node | None], seeds: Sequence[int], device: str | torch.device | None = None,
+                    progress: bool = False) -> list:
+    """Train one SAE of ``variant`` per activation matrix, all at once (module docstring).
+
+    The SAEs' weights are stacked and each step runs sae-lens's ``training_forward_pass`` of
+    every SAE in one vectorised call (``torch.func``), on ``device`` (default: the activations')
+    with no host synchronisation inside an epoch; the SAEs are returned on the activations'
+    device. Every SAE keeps its own seed, initialisation, batch
+    order, gradient clipping and resampling, so it equals the SAE trained alone
+    (:func:`train_node_sae`, ``tests/test_dictionaries.py``).
+    """
+    from sae_lens import TrainingSAE
+    from torch.func import functional_call, stack_module_state
+
+    from saetools.sae_lens_compat import use_mappable_topk
+
+    _check_acts(acts)
+    home = acts[0].device
+    device = home if device is None else torch.device(device)
+    x = torch.stack([a.float() for a in acts]).to(device)  # [N, n, d]
+    scales = math.sqrt(x.shape[2]) / x.norm(dim=-1).mean(1).clamp_min(1e-12)  # [N]
+    xs = x * scales[:, None, None]
+    saes = []
+    for node, seed in zip(nodes, seeds):
+        sae_cfg = _sae_config(variant, x.shape[2], cfg, node.hook_name if node is not None else None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            saes.append(TrainingSAE.from_dict(sae_cfg.to_dict()).to(device).train())
+    params, buffers = stack_module_state(saes)
+    trainable = [p for name, p in params.items() if dict(saes[0].named_parameters())[name].requires_grad]
+    for name, p in params.items():
+        p.requires_grad_(any(q is p for q in trainable))
+    use_mappable_topk(saes[0])  # the module whose calls are mapped over the stack
+    step_fn = _Step(saes[0])
+    coeffs = {k: float(getattr(v, "value", v)) for k, v in saes[0].get_coefficients().items()}
+
+    def loss_and_acts(p, b, xb, step):
+        return functional_call(step_fn, ({f"sae.{k}": v for k, v in {**p, **b}.items()}), (xb, coeffs, step))
+
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.999))
+    resample_epochs = {round(r * cfg.epochs) for r in cfg.resample_at}
+    n = x.shape[1]
+    bs = min(cfg.batch_size, n)
+    fired = torch.zeros(len(saes), saes[0].cfg.d_sae, dtype=torch.bool, device=device)
+    rows = torch.arange(len(saes), device=device)[:, None]
+    step = 0
+    for epoch in tqdm(range(cfg.epochs), desc=f"{variant} SAEs x{len(saes)}", leave=False, disable=not progress):
+        if epoch in resample_epochs:
+            _resample_stack(saes, params, xs, ~fired, gens)
+            opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.999))
+            fired.zero_()
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_multiplier(epoch, cfg)
+        perm = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+        for i in range(0, n - bs + 1, bs):
+            xb = xs[rows, perm[:, i : i + bs]]
+            loss, feature_acts = torch.vmap(loss_and_acts, in_dims=(0, 0, 0, None), randomness="different")(
+                params, buffers, xb, step)
+            grads = torch.autograd.grad(loss.sum(), trainable)
+            _clip_per_sae(list(grads))
+            for p, g in zip(trainable, grads):
+                p.grad = g
+            opt.step()
+            fired |= (feature_acts.detach() != 0).any(1)
+            step += 1
+    saes[0].activation_fn = saes[0].get_activation_fn()  # sae-lens's own again
+    out = []
+    for i, sae in enumerate(saes):
+        with torch.no_grad():
+            for name, p in sae.named_parameters():
+                p.copy_(params[name][i])
+            for name, b in sae.named_buffers():
+                b.copy_(buffers[name][i])
+        sae.eval()
+        sae.fold_activation_norm_scaling_factor(float(scales[i]))
+        sae.scaling_factor = float(scales[i])
+        out.append(sae.to(home))
+    return out
+
+
+@torch.no_grad()
+def _resample_stack(saes: list, params: dict[str, Tensor], xs: Tensor, dead: Tensor, gens: list) -> None:
+    """:func:`resample_dead` on each SAE of a stack (its weights copied out and back)."""
+    for i, sae in enumerate(saes):
+        for name, p in sae.named_parameters():
+            p.copy_(params[name][i])
+        sae.eval()
+        resample_dead(sae, xs[i], dead[i], generator=gens[i])
+        sae.train()
+        for name, p in sae.named_parameters():
+            params[name][i].copy_(p)
+
+
+def train_node_saes(acts: Mapping[Node, Tensor], cfg: IOISAEConfig, *, device: str | torch.device | None = None,
+                    progress: bool = True) -> dict[str, dict[Node, SAEDictionary]]:
     """Every variant of ``cfg.variants`` at every node: ``{variant: {node: SAEDictionary}}``.
 
-    Seeds differ per (variant, node) but are fixed by ``cfg.seed``.
+    The SAEs of one variant over nodes of one width train together on ``device`` (default: the
+    activations'; :func:`train_sae_batch`), and come back on the activations' device.
+    Seeds differ per (variant, node) but are fixed by ``cfg.seed``: the SAE of job ``i`` (variants
+    outer, nodes inner) has seed ``cfg.seed + i``, as when each is trained alone.
     """
+    nodes = list(acts)
     out: dict[str, dict[Node, SAEDictionary]] = {v: {} for v in cfg.variants}
-    jobs = [(v, n) for v in cfg.variants for n in acts]
-    for i, (v, n) in enumerate(tqdm(jobs, desc="per-node SAEs", leave=False)):
-        out[v][n] = SAEDictionary(train_node_sae(acts[n], v, cfg, node=n, seed=cfg.seed + i), node=n)
+    for vi, v in enumerate(tqdm(cfg.variants, desc="per-node SAEs", leave=False, disable=not progress)):
+        by_shape: dict[tuple, list[int]] = {}
+        for ni, n in enumerate(nodes):
+            by_shape.setdefault(tuple(acts[n].shape), []).append(ni)
+        for idx in by_shape.values():
+            group = [nodes[i] for i in idx]
+            saes = train_sae_batch([acts[n] for n in group], v, cfg, nodes=group, device=device,
+                                   seeds=[cfg.seed + vi * len(nodes) + i for i in idx])
+            out[v].update({n: SAEDictionary(sae, node=n) for n, sae in zip(group, saes)})
     return out
 
 

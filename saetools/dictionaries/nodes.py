@@ -171,20 +171,22 @@ def cross_sections(circuit, roles: Sequence[str] | None = None, *, kinds: Sequen
     return out
 
 
-def _stop_layer(model, nodes: Sequence[Node]) -> int | None:
-    last = max(n.layer for n in nodes)
-    return None if last + 1 >= model.cfg.n_layers else last + 1
+def _stop_layer(nodes: Sequence[Node]) -> int:
+    """Run the blocks up to the last node's layer only (never the unembedding: a node in the
+    last block would otherwise compute every prompt's full-vocabulary logits)."""
+    return max(n.layer for n in nodes) + 1
 
 
 @torch.no_grad()
 def node_acts(model, batch: ioi.IOIBatch, nodes: Sequence[Node], *, batch_size: int = 512) -> dict[Node, Float[Tensor, "batch d"]]:
-    """Every node's vectors over the prompts of ``batch``: one forward pass per ``batch_size`` prompts."""
+    """Every node's vectors over the prompts of ``batch`` (float32, on the CPU): one forward pass
+    per ``batch_size`` prompts, through the blocks up to the last node's layer."""
     nodes = list(dict.fromkeys(nodes))
     for n in nodes:
         n.check(model)
     hooks = sorted({n.hook_name for n in nodes})
     out: dict[Node, list[Tensor]] = {n: [] for n in nodes}
-    stop = _stop_layer(model, nodes)
+    stop = _stop_layer(nodes)
     for i in range(0, len(batch), batch_size):
         sub = batch[i : i + batch_size]
         _, cache = model.run_with_cache(sub.tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)

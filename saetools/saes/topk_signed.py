@@ -42,7 +42,7 @@ class SignedTopK(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values, indices = torch.topk(x, k=self.k, dim=-1, sorted=False)
-        return torch.zeros_like(x).scatter_(-1, indices, values)
+        return torch.zeros_like(x).scatter(-1, indices, values)  # out of place: torch.vmap maps it
 
 
 @dataclass
