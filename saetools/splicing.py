@@ -94,6 +94,11 @@ def _canonical(name: str | None) -> str | None:
     return None if name is None else _MODEL_ALIASES.get(name, name)
 
 
+def same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model names are one model (``gpt2`` and ``gpt2-small`` are)."""
+    return _canonical(a) == _canonical(b)
+
+
 def check_sae_fits(model, sae) -> None:
     """Raise a clear error unless ``sae`` reads a hook of ``model`` at the right width."""
     name = sae.cfg.metadata.hook_name

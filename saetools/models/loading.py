@@ -27,6 +27,7 @@ from saetools.models.tokenizer import load_tokenizer
 __all__ = [
     "BUNDLED_MODELS",
     "PRETRAINED_ALIASES",
+    "pretrained_repo",
     "ModelUnavailableError",
     "load_model",
     "build_model",
@@ -35,6 +36,7 @@ __all__ = [
     "save_model",
     "use_fast_gelu",
     "bundled_model_dir",
+    "bundled_model_config",
     "random_gpt2_small",
     "hub_reachable",
     "is_cached",
@@ -125,6 +127,12 @@ def bundled_model_dir(name: str) -> Path:
     return Path(str(resources.files("saetools.models").joinpath("bundled", name)))
 
 
+def bundled_model_config(name: str) -> HookedTransformerConfig:
+    """The ``HookedTransformerConfig`` of a bundled model (no weights loaded)."""
+    fields = json.loads((bundled_model_dir(name) / "config.json").read_text())
+    return HookedTransformerConfig(**fields, device="cpu")
+
+
 def _load_from_dir(path: Path, *, device, dtype) -> HookedSAETransformer:
     from safetensors.torch import load_file
 
@@ -170,21 +178,46 @@ def is_cached(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
-def _load_pretrained(name: str, *, device, dtype) -> HookedSAETransformer:
-    repo = PRETRAINED_ALIASES[name]
-    cached = is_cached(repo)
-    if not cached and not hub_reachable():
+def pretrained_repo(name: str) -> str | None:
+    """The Hugging Face repository of a TransformerLens pretrained model name or alias
+    (``"gpt2"``, ``"gpt2-small"``, ``"pythia-70m-deduped"``, ``"gemma-2-2b"``, ...), or ``None``
+    when TransformerLens does not know the name."""
+    if name in PRETRAINED_ALIASES:
+        return PRETRAINED_ALIASES[name]
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def _load_pretrained(name: str, repo: str, *, device, dtype) -> HookedSAETransformer:
+    online = hub_reachable()
+    if not online and not is_cached(repo):
         raise ModelUnavailableError(
-            f"cannot load {name!r}: the Hugging Face hub is unreachable and the weights are not "
-            "in the local cache. Use the bundled model instead: saetools.load_model('tiny-ioi'), "
-            "or download GPT-2 once on a machine with internet access."
+            f"cannot load {name!r}: the Hugging Face hub is unreachable and {repo} is not in the "
+            "local cache. Use a bundled model instead: saetools.load_model('tiny-ioi'), or download "
+            f"{repo} once on a machine with internet access (or set HF_HUB_CACHE to a copy of a cache "
+            "that holds it)."
         )
-    if cached and not hub_reachable():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with _quiet():
-        model = HookedSAETransformer.from_pretrained(repo, device=device, dtype=dtype)
+    with _quiet(), _offline(not online):
+        model = HookedSAETransformer.from_pretrained(name, device=device, dtype=dtype)
     use_fast_gelu(model)
     return model.eval()
+
+
+@contextmanager
+def _offline(on: bool):
+    """The hub's offline mode for the calls inside (read from the cache, no network attempts)."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def load_model(
@@ -196,16 +229,17 @@ def load_model(
     """Load a model as a ``HookedSAETransformer`` in eval mode.
 
     Args:
-        name: ``"gpt2"`` (alias ``"gpt2-small"``) from the Hugging Face hub through
-            TransformerLens; ``"tiny-ioi"``, the GPT-2-architecture model bundled with
-            saetools; or a path to a directory written by :func:`save_model`.
+        name: a TransformerLens pretrained model name or alias (``"gpt2"``,
+            ``"gpt2-medium"``, ``"pythia-70m-deduped"``, ``"gemma-2-2b"``, ...), loaded from the
+            Hugging Face hub or its local cache; ``"tiny-ioi"`` / ``"tiny-rotary"``, the models
+            bundled with saetools; or a path to a directory written by :func:`save_model`.
         device: where to put the model; default CUDA when available, else CPU.
         dtype: parameter dtype: a ``torch.dtype`` or its name (``"float32"``, ``"float16"``,
             ``"bfloat16"``, ``"float64"``).
 
     Raises:
-        ModelUnavailableError: GPT-2 requested with no network and no cached copy (raised
-            within seconds; names the bundled alternative).
+        ModelUnavailableError: a pretrained model requested with no network and no cached
+            copy (raised within seconds; names the bundled alternative).
         ValueError: an unknown name.
     """
     dtype = _dtype(dtype)
@@ -215,21 +249,29 @@ def load_model(
         torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:0' or a torch.device") from err
-    if name in PRETRAINED_ALIASES:
-        return _load_pretrained(name, device=device, dtype=dtype)
     check_model_name(name)
+    if name not in BUNDLED_MODELS and not Path(name).is_dir():
+        return _load_pretrained(name, pretrained_repo(name), device=device, dtype=dtype)
     return _load_from_dir(bundled_model_dir(name) if name in BUNDLED_MODELS else Path(name), device=device,
                           dtype=dtype)
 
 
 def check_model_name(name: str) -> None:
-    """Raise ``ValueError`` unless :func:`load_model` knows ``name`` (hub alias, bundled model,
-    or a folder); checks only the name, loads nothing."""
-    if name in PRETRAINED_ALIASES or name in BUNDLED_MODELS or Path(name).is_dir():
+    """Raise ``ValueError`` unless :func:`load_model` knows ``name`` (a bundled model, a
+    TransformerLens pretrained name, or a folder); checks only the name, loads nothing."""
+    if not isinstance(name, str):
+        raise ValueError(f"the model name must be a string, got {type(name).__name__}")
+    if name in BUNDLED_MODELS or Path(name).is_dir() or pretrained_repo(name) is not None:
         return
+    import difflib
+
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
+
+    near = difflib.get_close_matches(name, [*BUNDLED_MODELS, *make_model_alias_map()], n=3)
     raise ValueError(
-        f"unknown model {name!r}: choose one of {sorted(PRETRAINED_ALIASES)} (Hugging Face hub), "
-        f"{list(BUNDLED_MODELS)} (bundled), or a directory written by saetools.models.save_model"
+        f"unknown model {name!r}: use {list(BUNDLED_MODELS)} (bundled), a TransformerLens pretrained "
+        f"name ({len(OFFICIAL_MODEL_NAMES)} known, e.g. 'gpt2', 'pythia-70m-deduped'; nearest to yours: "
+        f"{near}), or a directory written by saetools.models.save_model"
     )
 
 

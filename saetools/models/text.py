@@ -29,19 +29,47 @@ class TokenRows(NamedTuple):
     """False at BOS and padding positions."""
 
 
-def corpus_tokens(model, n_documents: int, *, seed: int) -> TokenRows:
+def corpus_tokens(model, n_documents: int, *, seed: int, context_size: int | None = None) -> TokenRows:
     """Rows of the bundled corpus (:mod:`saetools.models.corpus`) packed as the model was trained:
-    ``BOS d1 BOS d2 ...``, padded with BOS."""
+    ``BOS d1 BOS d2 ...``, padded with BOS, ``context_size`` tokens long (default and at most
+    ``model.cfg.n_ctx``; a document longer than a row is left out)."""
     if model.tokenizer is None:
         raise ValueError("corpus_tokens needs a model with a tokenizer (e.g. load_model('tiny-ioi'))")
     bos = model.tokenizer.bos_token_id
     ids = model.tokenizer(generate_documents(n_documents, seed=seed), add_special_tokens=False)["input_ids"]
-    tokens, _ = pack_documents(ids, n_ctx=model.cfg.n_ctx, bos=bos)
+    if context_size is not None and context_size < 2:
+        raise ValueError(f"context_size must be >= 2 (BOS and a token), got {context_size}")
+    n_ctx = model.cfg.n_ctx if context_size is None else min(context_size, model.cfg.n_ctx)
+    tokens, _ = pack_documents(ids, n_ctx=n_ctx, bos=bos)
     return TokenRows(tokens, tokens != bos)
 
 
 class DatasetUnavailableError(RuntimeError):
     """A Hugging Face dataset cannot be loaded (no network and nothing cached)."""
+
+
+def _open_dataset(name: str, split: str):
+    """Stream ``name`` from the hub, or offline from the ``datasets`` cache (what an earlier
+    ``load_dataset(name)`` left there)."""
+    import datasets.config
+    from datasets import load_dataset
+
+    online = hub_reachable()
+    saved = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = saved or not online
+    try:
+        return load_dataset(name, split=split, streaming=True)
+    except (ConnectionError, FileNotFoundError, ValueError) as err:
+        if online:
+            raise
+        raise DatasetUnavailableError(
+            f"cannot load dataset {name!r}: the Hugging Face hub is unreachable and the dataset is not in "
+            f"the local datasets cache ({datasets.config.HF_DATASETS_CACHE}). Load it once with network "
+            "access, or offline use saetools.models.text.corpus_tokens(model, ...) (the bundled corpus) or "
+            "an IOI distribution (saetools.tasks.ioi)."
+        ) from err
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
 
 
 def dataset_tokens(
@@ -58,7 +86,8 @@ def dataset_tokens(
 
     Args:
         model: a TransformerLens model with a tokenizer.
-        dataset: a dataset name on the hub (streamed; e.g. ``"NeelNanda/pile-10k"``) or a
+        dataset: a dataset name on the hub (e.g. ``"NeelNanda/pile-10k"``; streamed, or read
+            from the local ``datasets`` cache when the hub is unreachable) or a
             ``datasets.Dataset`` / iterable of rows already in memory.
         n_rows: rows to return.
         context_size: row length (default: ``model.cfg.n_ctx``).
@@ -66,23 +95,16 @@ def dataset_tokens(
         split: split of a named dataset.
 
     Raises:
-        DatasetUnavailableError: a named dataset with no network (within seconds; names the
-            offline token sources, :func:`corpus_tokens` and the IOI distributions).
+        DatasetUnavailableError: a named dataset with no network and no cached copy (within
+            seconds; names the offline token sources, :func:`corpus_tokens` and the IOI
+            distributions).
     """
     tok = model.tokenizer
     if tok is None:
         raise ValueError("dataset_tokens needs a model with a tokenizer")
     ctx = context_size or model.cfg.n_ctx
     if isinstance(dataset, str):
-        if not hub_reachable():
-            raise DatasetUnavailableError(
-                f"cannot stream dataset {dataset!r}: the Hugging Face hub is unreachable. Offline, "
-                "use saetools.models.text.corpus_tokens(model, ...) (the bundled corpus) or an IOI "
-                "distribution (saetools.tasks.ioi)."
-            )
-        from datasets import load_dataset
-
-        dataset = load_dataset(dataset, split=split, streaming=True)
+        dataset = _open_dataset(dataset, split)
     need = n_rows * (ctx - 1)
     stream: list[int] = []
     with tqdm(total=need, desc="tokenize dataset", leave=False) as bar:

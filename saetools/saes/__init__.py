@@ -22,7 +22,13 @@ from pathlib import Path
 
 from saetools.saes import switch, topafa, topk_signed  # noqa: F401  (registers the architectures)
 from saetools.saes.gated_faithful import FaithfulGatedTrainingSAEConfig
-from saetools.saes.io import PretrainedSAEUnavailableError, load_pretrained_sae, load_sae, save_sae
+from saetools.saes.io import (
+    PretrainedSAEUnavailableError,
+    load_pretrained_sae,
+    load_sae,
+    release_model_name,
+    save_sae,
+)
 from saetools.saes.suppression import refit_decoder
 
 __all__ = [
@@ -32,6 +38,7 @@ __all__ = [
     "bundled_saes",
     "load_bundled_sae",
     "load_pretrained_sae",
+    "release_model_name",
     "load_sae",
     "refit_decoder",
     "save_sae",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from saetools.data.files import atomic_dir
 
-__all__ = ["PretrainedSAEUnavailableError", "load_pretrained_sae", "load_sae", "save_sae"]
+__all__ = ["PretrainedSAEUnavailableError", "load_pretrained_sae", "load_sae", "release_model_name", "save_sae"]
 
 
 class PretrainedSAEUnavailableError(RuntimeError):
@@ -75,6 +75,22 @@ def _check_sae_files(path: Path) -> None:
     except Exception as err:  # safetensors raises its own error type for damaged files
         raise ValueError(f"{weights} is damaged or truncated ({err}); re-save the SAE with "
                          "saetools.saes.save_sae") from err
+
+
+def release_model_name(release: str) -> str:
+    """The model a sae-lens release's SAEs were trained on (``"gpt2-small"``, ...), from sae-lens's
+    directory of releases (offline).
+
+    Raises:
+        ValueError: an unknown release (naming the nearest).
+    """
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        near = difflib.get_close_matches(release, list(directory), n=3)
+        raise ValueError(f"unknown sae-lens release {release!r}; nearest: {near}")
+    return directory[release].model
 
 
 def load_pretrained_sae(release: str, sae_id: str, *, device: str = "cpu"):

@@ -35,6 +35,7 @@ __all__ = [
     "POSITIONS",
     "ATTRIBUTES",
     "MultiTokenWordError",
+    "default_words",
     "single_token_words",
     "check_single_tokens",
     "check_templates",
@@ -79,6 +80,14 @@ def single_token_words(model_or_tokenizer, words: Sequence[str]) -> list[str]:
     return [w for w, i in zip(words, ids) if len(i) == 1]
 
 
+def default_words(kind: Literal["names", "places", "objects"], model=None) -> list[str]:
+    """saetools's word list ``kind`` (:func:`saetools.data.load_words`); with ``model`` (or a
+    tokenizer), only the words that are single tokens for its tokenizer (GPT-2 splits four of
+    the 157 names, e.g. ``" Doris"``)."""
+    words = list(load_words(kind))
+    return words if model is None else single_token_words(model, words)
+
+
 def check_single_tokens(model_or_tokenizer, words: Sequence[str], *, kind: str = "word") -> None:
     """Raise :class:`MultiTokenWordError` naming every word that is not a single token."""
     good = set(single_token_words(model_or_tokenizer, words))
@@ -86,8 +95,9 @@ def check_single_tokens(model_or_tokenizer, words: Sequence[str], *, kind: str =
     if bad:
         raise MultiTokenWordError(
             f"these {kind}s are not single tokens (with a leading space) for this tokenizer: "
-            f"{bad[:20]}{' ...' if len(bad) > 20 else ''}. Filter the list with "
-            "saetools.tasks.ioi.single_token_words(model, words)."
+            f"{bad[:20]}{' ...' if len(bad) > 20 else ''}. Sample with the model, e.g. "
+            "ioi.wang_spec(n, seed=0, model=model), to draw only words that are single tokens for it, "
+            "or filter your own list with ioi.single_token_words(model, words)."
         )
 
 
@@ -126,6 +136,7 @@ def sample_spec(
     patterns: Sequence[Pattern] = ("ABB", "BAB"),
     abc: bool = False,
     symmetric: bool = False,
+    model=None,
 ) -> pd.DataFrame:
     """Sample ``n`` prompt specs uniformly over templates, names, places, objects, patterns.
 
@@ -138,14 +149,16 @@ def sample_spec(
         patterns: patterns to sample from, uniformly.
         abc: the ABC distribution: the first-clause non-IO name differs from the subject.
         symmetric: Wang et al.'s option, adding the IO <-> S swapped twin of every prompt.
+        model: a model or tokenizer; default places and objects are then only those that are
+            single tokens for it (:func:`default_words`).
     """
     if n < 0 or (symmetric and n % 2):
         raise ValueError(f"n must be >= 0 (and even when symmetric), got {n}")
     if len(names) < 3:
         raise ValueError(f"need at least 3 distinct names, got {len(names)}: IO, S and the ABC third name differ")
     check_templates(templates)
-    places = list(places if places is not None else load_words("places"))
-    objects = list(objects if objects is not None else load_words("objects"))
+    places = list(places if places is not None else default_words("places", model))
+    objects = list(objects if objects is not None else default_words("objects", model))
     rng = np.random.default_rng(seed)
     m = n // 2 if symmetric else n
     # Three distinct names per prompt, vectorised: sort random keys and take the first 3.
@@ -170,10 +183,15 @@ def sample_spec(
     return spec[_SPEC_COLUMNS]
 
 
-def wang_spec(n: int, *, seed: int, names: Sequence[str] | None = None, **kw) -> pd.DataFrame:
-    """Wang et al. (2022): the 15 BABA templates and their ABBA twins."""
+def wang_spec(n: int, *, seed: int, names: Sequence[str] | None = None, model=None, **kw) -> pd.DataFrame:
+    """Wang et al. (2022): the 15 BABA templates and their ABBA twins.
+
+    With ``model`` (or its tokenizer), the default names, places and objects are those that are
+    single tokens for it (:func:`default_words`), as :func:`render` requires.
+    """
     templates = kw.pop("templates", ioi_template_data()["wang2022"])
-    return sample_spec(n, templates=templates, names=names or load_words("names"), seed=seed, **kw)
+    return sample_spec(n, templates=templates, names=names or default_words("names", model), seed=seed,
+                       model=model, **kw)
 
 
 def abc_spec(n: int, *, seed: int, **kw) -> pd.DataFrame:
@@ -181,13 +199,14 @@ def abc_spec(n: int, *, seed: int, **kw) -> pd.DataFrame:
     return wang_spec(n, seed=seed, abc=True, **kw)
 
 
-def makelov_name_splits(names: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:
+def makelov_name_splits(names: Sequence[str] | None = None, *, model=None) -> dict[str, tuple[str, ...]]:
     """Makelov et al.'s name splits: base names (first half); IO / S counterfactual targets.
 
     ``base`` is the first half of the list; ``io_targets`` the first half of the rest and
-    ``s_targets`` its second half, so base, IO-target and S-target names never overlap.
+    ``s_targets`` its second half, so base, IO-target and S-target names never overlap. The
+    default list is filtered to ``model``'s single tokens when it is given.
     """
-    names = tuple(names or load_words("names"))
+    names = tuple(names or default_words("names", model))
     half = len(names) // 2
     rest = names[half:]
     return {"base": names[:half], "io_targets": rest[: len(rest) // 2], "s_targets": rest[len(rest) // 2 :]}
@@ -199,16 +218,18 @@ def makelov_spec(
     seed: int,
     split: Literal["train", "test", "full"] = "full",
     names: Sequence[str] | None = None,
+    model=None,
     **kw,
 ) -> pd.DataFrame:
     """Makelov et al. (2024): three equal-length templates with the ``"Then, "`` prefix.
 
     ``split="train"`` uses the first half of names / objects / places and templates T1-T2;
-    ``"test"`` the second half and T3; ``"full"`` everything.
+    ``"test"`` the second half and T3; ``"full"`` everything. With ``model``, the default
+    words are those that are single tokens for it (:func:`default_words`).
     """
     templates = list(ioi_template_data()["makelov2024"])
-    names = list(names or load_words("names"))
-    places, objects = list(load_words("places")), list(load_words("objects"))
+    names = list(names or default_words("names", model))
+    places, objects = default_words("places", model), default_words("objects", model)
     if split == "train":
         templates, names = templates[:2], names[: len(names) // 2]
         places, objects = places[: len(places) // 2], objects[: len(objects) // 2]
@@ -228,12 +249,13 @@ def counterfactual(
     *,
     seed: int,
     names: Sequence[str] | None = None,
+    model=None,
 ) -> pd.DataFrame:
     """Return a copy of ``spec`` with exactly one attribute changed per prompt.
 
     * ``"pos"``: flip ABB <-> BAB (the order of the first clause), identities kept;
     * ``"io"`` / ``"s"``: replace that name (everywhere it occurs) with a name drawn from
-      ``names`` that does not occur in the prompt.
+      ``names`` (default: :func:`default_words` for ``model``) that does not occur in the prompt.
     """
     out = spec.copy()
     if attribute == "pos":
@@ -241,7 +263,7 @@ def counterfactual(
         return out
     if attribute not in ("io", "s"):
         raise ValueError(f"attribute must be 'io', 's' or 'pos', got {attribute!r}")
-    pool = np.asarray(list(names or load_words("names")), dtype=object)
+    pool = np.asarray(list(names or default_words("names", model)), dtype=object)
     rng = np.random.default_rng(seed)
     used = np.stack([spec["io"].to_numpy(), spec["s"].to_numpy(), spec["s1"].to_numpy()], axis=1)
     # Draw 4 candidates per prompt; at least one is not among the <= 3 names in use.
