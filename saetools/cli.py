@@ -9,12 +9,13 @@ __all__ = ["main"]
 
 
 def _reproduce(args) -> int:
+    from saetools.experiments.budget import ProfileTooLargeError
     from saetools.reproduce import reproduce
 
     try:
         results = reproduce(model=args.model, profile=args.profile, out_dir=args.out,
                             notebooks=args.notebooks, only=args.only)
-    except (ValueError, OSError) as err:  # bad arguments: one clear line, no traceback
+    except (ValueError, OSError, ProfileTooLargeError) as err:  # bad arguments: one clear line, no traceback
         print(f"saetools reproduce: {err}", file=sys.stderr)
         return 2
     for r in results:
@@ -32,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saetools", description="SAE interpretability toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="execute every notebook and write an HTML report")
-    rep.add_argument("--model", default="tiny-ioi", help="tiny-ioi (bundled, default) or gpt2")
+    rep.add_argument("--model", default="tiny-ioi",
+                     help="tiny-ioi (bundled, default), gpt2 or another TransformerLens model name")
     rep.add_argument("--profile", default="smoke", choices=PROFILES,
-                     help="smoke: minutes on a CPU; full: the paper-scale run (GPU)")
+                     help="smoke: minutes on a CPU; test: seconds, any model, no science; "
+                          "full: the paper-scale run (a GPU; refused when the GPU cannot hold it)")
     rep.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output folder")
     rep.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="notebook folder")
     rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains these")

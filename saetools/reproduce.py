@@ -18,7 +18,7 @@ from saetools.data.files import atomic_file, atomic_write_text, check_writable_d
 
 __all__ = ["PROFILES", "NotebookResult", "find_notebooks", "execute_notebook", "reproduce", "write_index"]
 
-PROFILES = ("smoke", "full")
+PROFILES = ("smoke", "test", "full")
 """The profiles every notebook offers."""
 
 
@@ -33,6 +33,11 @@ class NotebookResult:
     executed: Path
     html: Path | None
     error: str | None = None
+    """``"<exception type>: <message> (cell <n>)"`` when a cell failed."""
+    error_type: str | None = None
+    """The failing cell's exception type (``"ClaimFailed"``: a claim the run did not show)."""
+    failed_cell: str | None = None
+    """Source of the failing cell."""
 
 
 def find_notebooks(directory: str | Path) -> list[Path]:
@@ -74,7 +79,7 @@ def execute_notebook(
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / path.name
     t0 = time.perf_counter()
-    error = None
+    error = error_type = failed_cell = None
     # papermill writes as it goes: run into a temporary file, so an interrupted run leaves the
     # previous executed notebook in place; a finished run (passing or failing) replaces it.
     with atomic_file(executed) as tmp:
@@ -86,13 +91,16 @@ def execute_notebook(
         except Exception as exc:  # a failing notebook is a result, not a crash of the runner
             if hasattr(exc, "ename"):  # papermill's PapermillExecutionError: the cell's own error
                 error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+                error_type, failed_cell = exc.ename, exc.source
             else:
                 error = f"{type(exc).__name__}: {exc}".strip() or traceback.format_exc()
+                error_type = type(exc).__name__
     html_path = None
     if write_html and executed.exists():
         html_path = executed.with_suffix(".html")
         _to_html(executed, html_path)
-    return NotebookResult(path.stem, error is None, time.perf_counter() - t0, executed, html_path, error)
+    return NotebookResult(path.stem, error is None, time.perf_counter() - t0, executed, html_path, error,
+                          error_type, failed_cell)
 
 
 def write_index(results: list[NotebookResult], out_dir: Path, parameters: dict) -> Path:
@@ -113,6 +121,32 @@ def write_index(results: list[NotebookResult], out_dir: Path, parameters: dict) 
     return atomic_write_text(out_dir / "index.html", page)
 
 
+def notebook_experiment(path: Path) -> str | None:
+    """The experiment module a notebook runs (``NN_...`` is ``EXPERIMENTS[NN]``), if any."""
+    from saetools.experiments import EXPERIMENTS
+
+    prefix = Path(path).stem[:2]
+    return EXPERIMENTS[int(prefix)] if prefix.isdigit() and int(prefix) < len(EXPERIMENTS) else None
+
+
+def _check_full_profile_fits(model: str, paths: list[Path]) -> None:
+    from saetools.experiments.budget import check_fits
+    from saetools.models.loading import BUNDLED_MODELS, bundled_model_config, pretrained_repo
+
+    if model in BUNDLED_MODELS:
+        model_cfg = bundled_model_config(model)
+    elif pretrained_repo(model) is not None:
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        try:
+            model_cfg = get_pretrained_model_config(model)
+        except Exception:  # offline with nothing cached: loading the model says so, with the fix
+            return
+    else:  # a saved model's folder
+        return
+    check_fits([m for m in map(notebook_experiment, paths) if m], "full", model_cfg)
+
+
 def reproduce(
     *, model: str, profile: str, out_dir: str | Path, notebooks: str | Path = "notebooks",
     only: list[str] | None = None,
@@ -120,7 +154,12 @@ def reproduce(
     """Execute the notebooks (optionally only those whose name contains one of ``only``).
 
     Everything is checked before the first kernel starts: the model name, the profile, that
-    there are notebooks to run and that ``out_dir`` can be written.
+    there are notebooks to run, that ``out_dir`` can be written, and for the ``full`` profile
+    that this machine's GPU can hold it (:func:`saetools.experiments.budget.check_fits`).
+
+    Raises:
+        saetools.experiments.budget.ProfileTooLargeError: the full profile with no GPU, or with
+            less GPU memory than its estimated peak.
     """
     from saetools.models.loading import check_model_name
 
@@ -135,6 +174,8 @@ def reproduce(
     if not paths:
         raise ValueError(f"no notebook name contains any of {only}; the notebooks are "
                          f"{[p.stem for p in all_paths]}")
+    if profile == "full":
+        _check_full_profile_fits(model, paths)
     out_dir = check_writable_dir(out_dir, what="the report")
     parameters = {"model_name": model, "profile": profile}
     results = []

@@ -92,3 +92,52 @@ def user_view():
     """:func:`shape_checks_off` for a whole test."""
     with shape_checks_off():
         yield
+
+
+# SAEs of the sae-lens releases that the full profiles read, built in the stand-in hub cache
+STANDIN_SAES = {
+    "gpt2-small-res-jb": ["blocks.7.hook_resid_pre", "blocks.8.hook_resid_pre"],
+    "gpt2-small-res-jb-feature-splitting": ["blocks.8.hook_resid_pre_768", "blocks.8.hook_resid_pre_1536",
+                                            "blocks.8.hook_resid_pre_3072"],
+    "gpt2-small-hook-z-kk": ["blocks.9.hook_z"],
+}
+
+
+@pytest.fixture(scope="session")
+def _gpt2_hub_caches(tmp_path_factory):
+    """Hub and datasets caches holding the stand-ins of ``tests/hub_standins.py`` (built once)."""
+    import hub_standins
+
+    from saetools.models.corpus import generate_documents
+
+    root = tmp_path_factory.mktemp("hf")
+    hub_standins.add_gpt2(root / "hub")
+    for release, ids in STANDIN_SAES.items():
+        hub_standins.add_sae_release(root / "hub", release, ids)
+    hub_standins.add_text_dataset(root / "datasets", "NeelNanda/pile-10k", generate_documents(1500, seed=7))
+    return root / "hub", root / "datasets"
+
+
+@pytest.fixture
+def gpt2_hub(_gpt2_hub_caches):
+    """Offline, with the Hugging Face caches holding GPT-2 (real config and tokenizer, random
+    weights), the sae-lens releases of ``STANDIN_SAES`` and ``NeelNanda/pile-10k``, laid out as
+    the hub serves them; for this process and the notebook kernels it starts."""
+    import hub_standins
+
+    with hub_standins.offline_hub(*_gpt2_hub_caches):
+        yield _gpt2_hub_caches
+
+
+@pytest.fixture(scope="session")
+def _gpt2_standin_model(_gpt2_hub_caches):
+    import hub_standins
+
+    with hub_standins.offline_hub(*_gpt2_hub_caches):
+        return load_model("gpt2", device="cpu")
+
+
+@pytest.fixture
+def gpt2_standin(gpt2_hub, _gpt2_standin_model):
+    """``load_model("gpt2")`` on the stand-in hub (loaded once per session; do not modify it)."""
+    return _gpt2_standin_model

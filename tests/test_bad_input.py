@@ -487,7 +487,7 @@ def test_lm_infinite_config():
 def test_lm_infinite_reproduction_on_an_absolute_position_model(model):
     from saetools.experiments import han2023_lm_infinite as exp
 
-    with raises(ValueError, "needs a rotary model", "tiny-rotary"):
+    with raises(ValueError, "needs a model with rotary position embeddings", "tiny-rotary"):
         exp.run(model, exp.Config())
 
 

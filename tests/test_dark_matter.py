@@ -329,7 +329,8 @@ def test_experiment_config_validation(user_view):
     assert Config.profile("full").source == "pretrained"
     for kw, match in (({"widths": (256, 128, 512)}, "increasing"), ({"widths": (128, 256)}, ">= 3 SAEs"),
                       ({"k": 0}, "k must be positive"), ({"pursuit_variant": "greedy"}, "pursuit_variant"),
-                      ({"drop_first": -1}, "drop_first")):
+                      ({"drop_first": -1}, "drop_first"),
+                      ({"noise_ablate_fractions": (0.0,), "noise_sigmas": (0.0,)}, "error-free point")):
         with pytest.raises(ValueError, match=match):
             Config(**kw)
     with pytest.raises(ValueError, match="unknown profile"):

@@ -26,7 +26,13 @@ from matplotlib.figure import Figure
 
 from saetools.diagnostics import dark_matter as dm
 from saetools.diagnostics.dark_matter.pursuit import sae_gradient_pursuit
-from saetools.experiments.protocol import Profiles, subplots
+from saetools.experiments.protocol import (
+    Profiles,
+    claim,
+    require_model,
+    subplots,
+    tf32_on_cuda,
+)
 
 __all__ = ["NORM_GAP", "Config", "Result", "check", "figure_downstream", "figure_predictability",
            "figure_scaling", "figures", "run"]
@@ -68,7 +74,8 @@ class Config(Profiles):
     n_rows: int = 2000
     """Dataset rows of ``context_size`` tokens (``source="pretrained"``)."""
     context_size: int = 128
-    """Row length for the dataset (the feature-splitting SAEs were trained on 128-token contexts)."""
+    """Row length for the dataset (the feature-splitting SAEs were trained on 128-token contexts);
+    corpus rows (``source="train"``) are as long, up to the model's ``n_ctx``."""
     n_documents: int = 500
     """Held-out corpus documents analysed (``source="train"``)."""
     n_splice_rows: int = 64
@@ -103,12 +110,17 @@ class Config(Profiles):
             raise ValueError(f"Config.widths must be increasing and above k={self.k}, got {self.widths}")
         if self.drop_first < 0:
             raise ValueError(f"Config.drop_first must be >= 0, got {self.drop_first}")
+        if not any(self.noise_ablate_fractions) and not any(self.noise_sigmas):
+            raise ValueError("Config.noise_ablate_fractions and noise_sigmas leave only the error-free point: "
+                             "give a non-zero ablation fraction or noise level (e.g. noise_sigmas=(0.0, 1.0))")
         if self.pursuit_variant not in ("nonzero", "persistent"):
             raise ValueError(f"Config.pursuit_variant must be 'nonzero' or 'persistent', "
                              f"got {self.pursuit_variant!r}")
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        "test": {"context_size": 64, "widths": (32, 64, 128), "k": 4, "prev_width": 32, "n_train_documents": 24, "total_samples": 2048,
+                 "n_documents": 450, "n_rows": 8, "n_splice_rows": 4, "pursuit_max_elements": 2**22},
         "full": {
             "source": "pretrained",
             "drop_first": 10,
@@ -169,7 +181,7 @@ def _series(model, cfg: Config, hook: str, prev_hook: str) -> tuple[list, object
     from saetools.models.text import corpus_tokens
     from saetools.training import train_sae
 
-    tokens, keep = corpus_tokens(model, cfg.n_train_documents, seed=cfg.seed)
+    tokens, keep = corpus_tokens(model, cfg.n_train_documents, seed=cfg.seed, context_size=cfg.context_size)
     out = {}
     for name, widths in ((hook, cfg.widths), (prev_hook, (cfg.prev_width,))):
         acts = collect_activations(model, tokens, name, mask=keep)
@@ -189,7 +201,7 @@ def _analysis_tokens(model, cfg: Config):
         return dataset_tokens(model, cfg.dataset, n_rows=cfg.n_rows, context_size=cfg.context_size)
     from saetools.models.text import corpus_tokens
 
-    return corpus_tokens(model, cfg.n_documents, seed=cfg.seed + 10_000)
+    return corpus_tokens(model, cfg.n_documents, seed=cfg.seed + 10_000, context_size=cfg.context_size)
 
 
 def _trend(widths: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -197,8 +209,25 @@ def _trend(widths: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return slope, float(values[-1] / values[0] - 1)
 
 
+def _releases(cfg: Config | None) -> set[str]:
+    return {cfg.pretrained_release, cfg.prev_release} if cfg is not None and cfg.source == "pretrained" else set()
+
+
+SUPPORTED_MODELS = "Any TransformerLens model with a tokenizer; ``source=\"pretrained\"`` needs the releases' model (GPT-2 small for the defaults)."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "The dark-matter experiment"
+
+
+def check_model(model, cfg: Config | None = None) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (with ``cfg``; :data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT, releases=_releases(cfg))
+
+
+@tf32_on_cuda
 def run(model, cfg: Config) -> Result:
     """Build or load the width series, decompose each SAE's error, fit, pursue and splice."""
+    check_model(model, cfg)
     t0 = time.perf_counter()
     if cfg.source == "pretrained":
         layer = int(cfg.pretrained_ids[0].split(".")[1])
@@ -374,28 +403,28 @@ def check(result: Result) -> None:
     """
     t = result.table
     gap = t.norm_r2 - t.vector_r2
-    assert (gap > NORM_GAP).all(), f"norm R^2 - vector R^2 by width: {dict(zip(t.width, gap.round(3)))}"
-    assert (t.fvu_sae_linear < t.fvu_sae).all(), f"FVU(Sae + LinearError) {t.fvu_sae_linear.round(4).tolist()} " \
-        f"should be below FVU(Sae) {t.fvu_sae.round(4).tolist()}"
-    assert t.fvu_sae.iloc[-1] < t.fvu_sae.iloc[0], f"FVU(Sae) should fall with width: {t.fvu_sae.round(4).tolist()}"
+    claim((gap > NORM_GAP).all(), f"norm R^2 - vector R^2 by width: {dict(zip(t.width, gap.round(3)))}")
+    claim((t.fvu_sae_linear < t.fvu_sae).all(), f"FVU(Sae + LinearError) {t.fvu_sae_linear.round(4).tolist()} " \
+        f"should be below FVU(Sae) {t.fvu_sae.round(4).tolist()}")
+    claim(t.fvu_sae.iloc[-1] < t.fvu_sae.iloc[0], f"FVU(Sae) should fall with width: {t.fvu_sae.round(4).tolist()}")
     spread = t.fvu_sae.max() - t.fvu_sae.min()
-    assert result.power_law.rmse < 0.1 * spread, f"power-law rmse {result.power_law.rmse:.4g} vs spread {spread:.4g}"
+    claim(result.power_law.rmse < 0.1 * spread, f"power-law rmse {result.power_law.rmse:.4g} vs spread {spread:.4g}")
     np.testing.assert_allclose(result.regions.drop(columns="width").sum(1), t.fvu_sae, atol=1e-9)
-    assert (t.pursuit_l0 <= t.l0 + 1e-9).all(), f"pursuit L0 {t.pursuit_l0.tolist()} above the SAE's {t.l0.tolist()}"
+    claim((t.pursuit_l0 <= t.l0 + 1e-9).all(), f"pursuit L0 {t.pursuit_l0.tolist()} above the SAE's {t.l0.tolist()}")
     r = result.norm_r2
     off = r[~np.eye(len(r), dtype=bool)]
-    assert off.min() > 0.5, f"cross-width R^2 of error norms should be high off the diagonal, min {off.min():.3f}"
+    claim(off.min() > 0.5, f"cross-width R^2 of error norms should be high off the diagonal, min {off.min():.3f}")
     n = result.noise
     recon_only = n[(n.ablate_fraction == 0) & (n.act_sigma == 0) & (n.recon_sigma > 0)]
     act_only = n[(n.ablate_fraction == 0) & (n.act_sigma > 0) & (n.recon_sigma == 0)]
-    assert len(recon_only) and len(act_only), "the noise grid needs 0 and a positive sigma"
+    claim(len(recon_only) and len(act_only), "the noise grid needs 0 and a positive sigma")
     # an unpredictable target scores about -d / n_fit out of sample (the fit's variance), not 0
     chance = -result.meta["d_in"] / result.meta["fit_tokens"]
     scores = recon_only[["vector_r2", "norm_r2"]]
-    assert ((scores - chance).abs() < 0.05).all().all(), \
-        f"introduced noise should be unpredictable (chance {chance:.3f}): {scores.round(3).to_dict('list')}"
-    assert (act_only.vector_r2 > 0.3).all(), f"activation noise should be predictable: {act_only.vector_r2.round(3).tolist()}"
+    claim(((scores - chance).abs() < 0.05).all().all(), \
+        f"introduced noise should be unpredictable (chance {chance:.3f}): {scores.round(3).to_dict('list')}")
+    claim((act_only.vector_r2 > 0.3).all(), f"activation noise should be predictable: {act_only.vector_r2.round(3).tolist()}")
     for part in ("sae+linear", "sae+nonlinear"):
-        assert (t[f"ce_delta_{part}"] < t.ce_delta_sae).all(), \
-            f"CE cost of {part} {t[f'ce_delta_{part}'].round(4).tolist()} vs Sae {t.ce_delta_sae.round(4).tolist()}"
-    assert all(np.isfinite(v) for v in result.trend.values()), f"trend not finite: {result.trend}"
+        claim((t[f"ce_delta_{part}"] < t.ce_delta_sae).all(), \
+            f"CE cost of {part} {t[f'ce_delta_{part}'].round(4).tolist()} vs Sae {t.ce_delta_sae.round(4).tolist()}")
+    claim(all(np.isfinite(v) for v in result.trend.values()), f"trend not finite: {result.trend}")

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from saetools.experiments.protocol import Profiles, subplots
+from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
 from saetools.lminfinite import LMInfiniteConfig
 from saetools.lminfinite.evaluation import (
     VARIANTS,
@@ -54,6 +54,7 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        "test": {"n_docs": 1, "n_passkey": 2, "memory_lengths": (256, 512), "max_factor": 4},
         "full": {"n_docs": 16, "n_passkey": 50, "memory_lengths": (512, 1024, 2048, 4096)},
     }
     """Named configurations: ``"smoke"`` (about a minute on a CPU) or ``"full"`` (more documents
@@ -112,9 +113,22 @@ def _resolve(model, cfg: Config) -> tuple[int, int, int]:
     return train_ctx, n_local, max_len
 
 
+SUPPORTED_MODELS = "A model with rotary position embeddings: the bundled ``tiny-rotary``, Pythia or Llama-family models."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "LM-Infinite"
+
+
+def check_model(model, cfg: Config | None = None) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (with ``cfg``; :data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT, rotary=True)
+
+
+@tf32_on_cuda
 @torch.no_grad()
 def run(model, cfg: Config = Config()) -> Result:
     """Measure everything on ``model`` (rotary; its tokenizer is used for the documents)."""
+    check_model(model, cfg)
     train_ctx, n_local, max_len = _resolve(model, cfg)
     tok = model.tokenizer
     docs = torch.stack([long_document_tokens(tok, max_len, seed=cfg.seed + 1000 + i)
@@ -168,17 +182,17 @@ def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0) -> No
     s = result.summary()
     last = s.columns[-1]
     van, both = s.loc["vanilla"], s.loc["both"]
-    assert van[last] > (1 + tolerance) * van.in_length, f"vanilla NLL does not rise: {van.to_dict()}"
-    assert both[last] * margin < van[last], (
+    claim(van[last] > (1 + tolerance) * van.in_length, f"vanilla NLL does not rise: {van.to_dict()}")
+    claim(both[last] * margin < van[last], (
         f"LM-Infinite NLL at {last} is not {margin}x below vanilla: both {both.to_dict()}, "
-        f"vanilla {van.to_dict()}")
+        f"vanilla {van.to_dict()}"))
     c = result.cost
     lean = c[c.path == "lean"].set_index("length").peak_mb
     full = c[c.path == "full"].set_index("length").peak_mb
     per_tok = lean / lean.index
-    assert per_tok.max() <= 1.25 * per_tok.min(), f"lean peak memory is not linear: {lean.to_dict()}"
+    claim(per_tok.max() <= 1.25 * per_tok.min(), f"lean peak memory is not linear: {lean.to_dict()}")
     growth = full.iloc[-1] / full.iloc[0] / (full.index[-1] / full.index[0])
-    assert growth > 1.5, f"full-attention peak memory should grow faster than linear: {full.to_dict()}"
+    claim(growth > 1.5, f"full-attention peak memory should grow faster than linear: {full.to_dict()}")
 
 
 def figures(result: Result) -> dict[str, Figure]:

@@ -38,7 +38,13 @@ from saetools.activations import collect_activations
 from saetools.diagnostics.afa import ZFData, afa, eps_lbo_table, sae_input_space, zf_data, zf_data_from_codes
 from saetools.diagnostics.toy import ToyConfig, ToySuperposition
 from saetools.evals import evaluate_saes
-from saetools.experiments.protocol import Profiles, subplots
+from saetools.experiments.protocol import (
+    Profiles,
+    claim,
+    require_model,
+    subplots,
+    tf32_on_cuda,
+)
 from saetools.models.text import corpus_tokens
 from saetools.saes import load_bundled_sae, load_pretrained_sae, load_sae, save_sae
 from saetools.saes.topafa import TopAFATrainingSAEConfig
@@ -68,6 +74,8 @@ class Config(Profiles):
     """Corpus documents whose activations train the SAEs."""
     n_eval_documents: int = 60
     """Held-out documents: evaluation, ZF plots, epsilon_LBO."""
+    context_size: int | None = None
+    """Row length of the corpus rows, in tokens (default: the model's ``n_ctx``)."""
     d_sae: int = 256
     """Latents of every trained SAE."""
     total_samples: int = 30_720
@@ -125,6 +133,8 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "d_sae": 64, "total_samples": 2048, "batch_size": 256,
+                 "toy_samples": 600, "toy_superposition_h": 96},
         "full": {
             "layer": 8,
             "n_documents": 40_000,
@@ -256,15 +266,32 @@ def _reference_saes(cfg: Config, hook: str, d_in: int, meta: dict) -> dict:
     return out
 
 
+def _releases(cfg: Config | None) -> set[str]:
+    return set() if cfg is None else {release for release, _ in cfg.pretrained}
+
+
+SUPPORTED_MODELS = "Any TransformerLens model with a tokenizer; ``pretrained`` SAEs must be for this model (the full profile's are for GPT-2 small)."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "The top-AFA experiment"
+
+
+def check_model(model, cfg: Config | None = None) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (with ``cfg``; :data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT, releases=_releases(cfg))
+
+
+@tf32_on_cuda
 def run(model, cfg: Config) -> Result:
     """Toy bounds, then train every architecture on the same activations, convert, evaluate and ZF-plot."""
+    check_model(model, cfg)
     t0 = time.perf_counter()
     toy, toy_zf = _toys(cfg)
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
     hook = f"blocks.{layer}.hook_resid_pre"
-    tokens, keep = corpus_tokens(model, cfg.n_documents, seed=cfg.seed)
+    tokens, keep = corpus_tokens(model, cfg.n_documents, seed=cfg.seed, context_size=cfg.context_size)
     acts = collect_activations(model, tokens, hook, mask=keep)
-    eval_tokens, eval_keep = corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000)
+    eval_tokens, eval_keep = corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000, context_size=cfg.context_size)
     eval_acts = collect_activations(model, eval_tokens, hook, mask=eval_keep)
     meta = {"hook_name": hook, "train_activations": int(acts.shape[0]), "eval_activations": int(eval_acts.shape[0])}
     saes, info = {}, {}
@@ -351,36 +378,36 @@ def check(result: Result) -> None:
     """
     toy = result.toy
     sweep = toy[toy.h == result.config.toy_h]
-    assert sweep.eps_lbo.iloc[0] < 1e-6, f"orthonormal toy: eps_LBO {sweep.eps_lbo.iloc[0]:.3g} should be ~0"
-    assert (np.diff(sweep.eps_lbo.to_numpy()) > 0).all(), f"eps_LBO should grow with overlap: {sweep.eps_lbo.to_dict()}"
-    assert (toy.l1_eps_lbo_over_coherence <= 1 + 1e-6).all(), \
-        f"l1 eps_LBO exceeds the coherence: {toy.l1_eps_lbo_over_coherence.to_dict()}"
+    claim(sweep.eps_lbo.iloc[0] < 1e-6, f"orthonormal toy: eps_LBO {sweep.eps_lbo.iloc[0]:.3g} should be ~0")
+    claim((np.diff(sweep.eps_lbo.to_numpy()) > 0).all(), f"eps_LBO should grow with overlap: {sweep.eps_lbo.to_dict()}")
+    claim((toy.l1_eps_lbo_over_coherence <= 1 + 1e-6).all(), \
+        f"l1 eps_LBO exceeds the coherence: {toy.l1_eps_lbo_over_coherence.to_dict()}")
     inside = toy.in_global_band.dropna()
-    assert (inside == 1.0).all(), f"samples outside the guaranteed band: {inside.to_dict()}"
-    assert sweep["in_band_0.25"].iloc[0] == 1.0, "orthonormal toy should lie inside the c = 0.25 band"
+    claim((inside == 1.0).all(), f"samples outside the guaranteed band: {inside.to_dict()}")
+    claim(sweep["in_band_0.25"].iloc[0] == 1.0, "orthonormal toy should lie inside the c = 0.25 band")
     broken = [sweep["in_band_0.25"].iloc[-1]] + list(toy[toy.h != result.config.toy_h]["in_band_0.25"])
-    assert all(b < 1.0 for b in broken), f"the c = 0.25 band should break at large overlap / in superposition: {broken}"
+    claim(all(b < 1.0 for b in broken), f"the c = 0.25 band should break at large overlap / in superposition: {broken}")
 
     t = result.table.set_index("sae")
     afa_rows = [n for n in t.index if t.loc[n, "family"] == "topafa"]
     for n in afa_rows:
         k = result.zf[n].l0
-        assert k.min() < k.max(), f"{n}: top-AFA chose the same k = {k.min()} for every token"
+        claim(k.min() < k.max(), f"{n}: top-AFA chose the same k = {k.min()} for every token")
     topk = t[t.family == "topk"]
     if len(topk) and afa_rows:
         ref = topk.sort_values("l0").index[0]
         dev = {n: float(np.nanmedian(np.abs(result.zf[n].ratio - 1))) for n in [ref, *afa_rows]}
         ratio_ref = float(np.nanmedian(result.zf[ref].ratio))
-        assert ratio_ref < 1, f"{ref} should be under-activated: median ||f~|| / ||z|| = {ratio_ref:.3f}"
+        claim(ratio_ref < 1, f"{ref} should be under-activated: median ||f~|| / ||z|| = {ratio_ref:.3f}")
         for n in afa_rows:
-            assert dev[n] < dev[ref], f"top-AFA should match the AFA better than {ref}: median |ratio - 1| {dev}"
-            assert t.loc[n, "zf_eps_lbo"] < t.loc[ref, "zf_eps_lbo"], \
-                f"{n}: eps_LBO {t.loc[n, 'zf_eps_lbo']:.3g} should be below {ref}'s {t.loc[ref, 'zf_eps_lbo']:.3g}"
+            claim(dev[n] < dev[ref], f"top-AFA should match the AFA better than {ref}: median |ratio - 1| {dev}")
+            claim(t.loc[n, "zf_eps_lbo"] < t.loc[ref, "zf_eps_lbo"], \
+                f"{n}: eps_LBO {t.loc[n, 'zf_eps_lbo']:.3g} should be below {ref}'s {t.loc[ref, 'zf_eps_lbo']:.3g}")
     spread = result.afa_target
     if spread.standardised.nunique() == 2:
         cv_std = spread[spread.standardised].target_cv.max()
         cv_raw = spread[~spread.standardised].target_cv.min()
-        assert cv_std <= 0.5 * cv_raw, f"standardisation should flatten the AFA target: CV {cv_std:.3g} vs {cv_raw:.3g}"
+        claim(cv_std <= 0.5 * cv_raw, f"standardisation should flatten the AFA target: CV {cv_std:.3g} vs {cv_raw:.3g}")
     trained = t[~t.family.str.endswith("(reference)")]
-    assert (trained.loss_recovered_zero > 0.5).all(), \
-        f"trained SAEs should recover most of the loss: {trained.loss_recovered_zero.round(3).to_dict()}"
+    claim((trained.loss_recovered_zero > 0.5).all(), \
+        f"trained SAEs should recover most of the loss: {trained.loss_recovered_zero.round(3).to_dict()}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from saetools.experiments.protocol import claim
+
 __all__ = ["CARRY_MIN", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "check", "edit_targets"]
 
 SUFFICIENCY_MIN = 0.9
@@ -71,41 +73,41 @@ def check(result) -> None:
     a = result.approximation
     sup = a[a.dictionary == "supervised"]
     bad = sup[~(sup.sufficiency >= SUFFICIENCY_MIN)]
-    assert bad.empty, f"supervised sufficiency below {SUFFICIENCY_MIN}: {bad.set_index('nodes').sufficiency.round(3).to_dict()}"
+    claim(bad.empty, f"supervised sufficiency below {SUFFICIENCY_MIN}: {bad.set_index('nodes').sufficiency.round(3).to_dict()}")
     targets = edit_targets(result)
     carried = set(targets.attribute)
-    assert carried == {"io", "s"}, f"only {sorted(carried)} carried by some cross-section: nothing to check for the rest"
+    claim(carried == {"io", "s"}, f"only {sorted(carried)} carried by some cross-section: nothing to check for the rest")
     for r in targets[~targets.met].itertuples():
         raise AssertionError(f"{r.section}: supervised edit accuracy {r.accuracy:.3f} < {EDIT_ACCURACY_MIN} "
                              f"(patching changes {r.changed:.2f} of predictions)")
     for r in edit_targets(result, whole_circuit=True).query("not met").itertuples():
-        assert r.same_attributes >= EDIT_ACCURACY_MIN and r.same_attributes_distance < r.distance, (
+        claim(r.same_attributes >= EDIT_ACCURACY_MIN and r.same_attributes_distance < r.distance, (
             f"whole circuit, {r.section}: the edit misses ({r.accuracy:.3f}) and so does patching from the same "
             f"attribute values in another context ({r.same_attributes:.3f}, distance {r.same_attributes_distance:.3f} "
-            f"vs the edit's {r.distance:.3f}): the attribute values do not determine the behaviour here")
+            f"vs the edit's {r.distance:.3f}): the attribute values do not determine the behaviour here"))
         labels = result.whole_circuit.nodes[result.whole_circuit.section == r.section].iloc[0].split(", ")
         res = result.residuals.set_index("node").loc[labels].mean(numeric_only=True)
-        assert res.shared_same_attributes > max(res.shared_io, res.shared_s), (
+        claim(res.shared_same_attributes > max(res.shared_io, res.shared_s), (
             f"whole circuit, {r.section}: the supervised residual is not a function of the names "
             f"(shared with a same-attribute twin {res.shared_same_attributes:.3f}, with another IO {res.shared_io:.3f}, "
-            f"with another S {res.shared_s:.3f})")
+            f"with another S {res.shared_s:.3f})"))
     e = result.edits
     variants = list(result.saes)
     for v in variants:
         rows = a[a.dictionary == v]
-        assert len(rows) == a.nodes.nunique(), f"{v}: approximation missing at some node sets"
-        assert np.isfinite(rows[["sufficiency", "necessity"]].to_numpy()).all(), f"{v}: non-finite scores {rows}"
+        claim(len(rows) == a.nodes.nunique(), f"{v}: approximation missing at some node sets")
+        claim(np.isfinite(rows[["sufficiency", "necessity"]].to_numpy()).all(), f"{v}: non-finite scores {rows}")
         for method in ("aware", "greedy"):
             r = e[(e.dictionary == v) & (e.method == method)]
-            assert r.section.nunique() == e.section.nunique(), f"{v} {method}: edits missing at some cross-sections"
-            assert np.isfinite(r[["accuracy", "weight_removed"]].to_numpy()).all(), f"{v} {method}: non-finite edits"
+            claim(r.section.nunique() == e.section.nunique(), f"{v} {method}: edits missing at some cross-sections")
+            claim(np.isfinite(r[["accuracy", "weight_removed"]].to_numpy()).all(), f"{v} {method}: non-finite edits")
     t = result.toy.table.sort_values("ratio")
     lo, hi = t.iloc[0], t.iloc[-1]
-    assert lo.best_f1_b > 0.8, f"toy: at alpha/beta={lo.ratio} B should have a latent (best F1 {lo.best_f1_b:.3f})"
-    assert hi.best_f1_b < hi.f1_dense_b, (f"toy: at alpha/beta={hi.ratio} B's best latent F1 {hi.best_f1_b:.3f} should "
-                                          f"fall below a dense latent's {hi.f1_dense_b:.3f}")
+    claim(lo.best_f1_b > 0.8, f"toy: at alpha/beta={lo.ratio} B should have a latent (best F1 {lo.best_f1_b:.3f})")
+    claim(hi.best_f1_b < hi.f1_dense_b, (f"toy: at alpha/beta={hi.ratio} B's best latent F1 {hi.best_f1_b:.3f} should "
+                                          f"fall below a dense latent's {hi.f1_dense_b:.3f}"))
     expected = {(f"{v} {n.label}", "pos") for v in variants for n in result.saes[v]}
-    assert set(result.over_splitting) == expected, f"over-splitting missing for {expected - set(result.over_splitting)}"
+    claim(set(result.over_splitting) == expected, f"over-splitting missing for {expected - set(result.over_splitting)}")
     for key, res in result.over_splitting.items():
         s = res.summary
-        assert len(s) == 2 and np.isfinite(s.best_single_f1).all(), f"over-splitting {key}: {s}"
+        claim(len(s) == 2 and np.isfinite(s.best_single_f1).all(), f"over-splitting {key}: {s}")

@@ -77,7 +77,7 @@ from saetools.experiments.makelov2024_figures import (
     plot_interpretability,
     plot_occlusion,
 )
-from saetools.experiments.protocol import Profiles
+from saetools.experiments.protocol import Profiles, UnsupportedModelError, require_model, tf32_on_cuda
 from saetools.tasks import ioi
 
 __all__ = ["CARRY_MIN", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "Config", "Result", "check", "edit_targets", "figures",
@@ -146,6 +146,18 @@ class Config(Profiles):
             "ns_greedy": (2, 8),
             "saes": IOISAEConfig(epochs=30, batch_size=256, lr=1e-2, expansion=4),
             "toy": ToyOcclusionConfig(ratios=(0.5, 0.8, 1.0, 1.25, 2.0), n_train=4096, n_eval=2048, epochs=6),
+        },
+        "test": {
+            "n_discovery": 8,
+            "max_heads_per_role": 1,
+            "n_names": 16,
+            "n_train": 256,
+            "n_eval": 12,
+            "ns_aware": (1,),
+            "ns_greedy": (2,),
+            "n_playground": 2,
+            "saes": IOISAEConfig(epochs=2, batch_size=32, expansion=2),
+            "toy": ToyOcclusionConfig(ratios=(0.5, 1.0, 2.0), n_train=512, n_eval=256, epochs=1),
         },
         "full": {
             "circuit": "wang2022",
@@ -393,16 +405,38 @@ def _playground(model, batches, supervised, saes, tables, cfg, names) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def run(model, cfg: Config) -> Result:
-    """Build and evaluate supervised dictionaries and per-node SAEs (module docstring)."""
-    t0 = time.perf_counter()
+def _prompts(model, cfg: Config):
+    """Names, training and held-out prompts, and the counterfactual name pools."""
     names = ioi.single_token_words(model, load_words("names"))
     names = names[: cfg.n_names] if cfg.n_names else names
     splits = ioi.makelov_name_splits(names)
     train = ioi.render(model, ioi.makelov_spec(cfg.n_train, seed=cfg.seed, names=names), equal_length=True)
     clean = ioi.render(model, ioi.makelov_spec(cfg.n_eval, seed=cfg.seed + 1, names=list(splits["base"])),
                        equal_length=True)
-    cf_names = {"io": list(splits["io_targets"]), "s": list(splits["s_targets"]), "pos": None}
+    return names, train, clean, {"io": list(splits["io_targets"]), "s": list(splits["s_targets"]), "pos": None}
+
+
+SUPPORTED_MODELS = "A model whose tokenizer makes names single tokens: GPT-2 small (the paper's model; ``circuit=\"wang2022\"`` needs it) or the bundled ``tiny-ioi``."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "The supervised-dictionaries experiment"
+
+
+def check_model(model, cfg: Config | None = None) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (with ``cfg``; :data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT, ioi_names=True)
+    if cfg is not None and cfg.circuit == "wang2022" and (model.cfg.n_layers, model.cfg.n_heads) != (12, 12):
+        raise UnsupportedModelError(
+            f"circuit='wang2022' names GPT-2 small's heads; {model.cfg.model_name} has {model.cfg.n_layers} layers "
+            f"x {model.cfg.n_heads} heads. Use circuit='discover' (the smoke profile) on other models.")
+
+
+@tf32_on_cuda
+def run(model, cfg: Config) -> Result:
+    """Build and evaluate supervised dictionaries and per-node SAEs (module docstring)."""
+    check_model(model, cfg)
+    t0 = time.perf_counter()
+    names, train, clean, cf_names = _prompts(model, cfg)
     whole_circuit, circuit, patched = _circuit(model, cfg, names, clean, cf_names["io"])
     sections, whole = cross_sections(circuit, kinds=cfg.kinds), cross_sections(whole_circuit, kinds=cfg.kinds)
     if not sections:
@@ -430,7 +464,7 @@ def run(model, cfg: Config) -> Result:
                 "supervised independent": {n: fit_supervised(train_acts[n], train.spec, node=n) for n in nodes},
                 "supervised independent lstsq": {n: fit_supervised(train_acts[n], train.spec, method="lstsq", node=n)
                                                  for n in nodes}}
-    saes = train_node_saes(train_acts, replace(cfg.saes, seed=cfg.seed))
+    saes = train_node_saes(train_acts, replace(cfg.saes, seed=cfg.seed), device=model.cfg.device)
     runner = NodeRunner(model, clean)
     end = runner({})
     clean_ld = float(ioi.end_logit_diff(end, clean).mean())

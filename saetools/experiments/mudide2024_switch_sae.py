@@ -32,7 +32,7 @@ from sae_lens.saes.sae import SAEMetadata
 from saetools.activations import collect_activations
 from saetools.diagnostics.geometry import geometry_table, group_similarity
 from saetools.evals import evaluate_saes
-from saetools.experiments.protocol import Profiles, subplots
+from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
 from saetools.models.text import corpus_tokens, dataset_tokens
 from saetools.saes.switch import (
     SwitchTrainingSAEConfig,
@@ -59,6 +59,8 @@ class Config(Profiles):
     """Corpus documents (or dataset rows) whose activations train the SAEs."""
     n_eval_documents: int = 100
     """Held-out documents (or dataset rows) for evaluation."""
+    context_size: int | None = None
+    """Row length of the corpus rows, in tokens (default: the model's ``n_ctx``)."""
     dataset: str | None = None
     """A Hugging Face text dataset to take token rows from (:func:`saetools.models.text.dataset_tokens`);
     ``None``: the bundled corpus (:func:`saetools.models.text.corpus_tokens`)."""
@@ -103,6 +105,9 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "width": 64, "k_values": (4, 8), "flop_matched_experts": (2, 4),
+                 "width_matched_experts": (2, 4), "width_matched_k": 8, "balance_experts": 4, "total_samples": 2048,
+                 "batch_size": 256},
         # the paper's hook is the output of GPT-2 block 8, i.e. blocks.9.hook_resid_pre
         "full": {
             "layer": 9,
@@ -116,7 +121,7 @@ class Config(Profiles):
             "width_matched_k": 64,
             "balance_alphas": (0.0, 0.003, 0.03, 0.3, 3.0, 30.0),
             "balance_experts": 32,
-            "total_samples": 50_000_000,
+            "total_samples": 20_000_000,
             "batch_size": 8192,
             "lr": None,
         },
@@ -189,16 +194,29 @@ def _routing_stats(sae, x: torch.Tensor) -> tuple[dict, np.ndarray]:
 def _tokens(model, cfg: Config):
     """Training and held-out token rows with their keep masks (BOS / padding left out)."""
     if cfg.dataset is None:
-        return (*corpus_tokens(model, cfg.n_documents, seed=cfg.seed),
-                *corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000))
+        return (*corpus_tokens(model, cfg.n_documents, seed=cfg.seed, context_size=cfg.context_size),
+                *corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000, context_size=cfg.context_size))
     rows, keep = dataset_tokens(model, cfg.dataset, n_rows=cfg.n_documents + cfg.n_eval_documents,
                                 context_size=min(128, model.cfg.n_ctx))  # the paper's context length
     n = cfg.n_documents
     return rows[:n], keep[:n], rows[n:], keep[n:]
 
 
+SUPPORTED_MODELS = "Any TransformerLens model with a tokenizer."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "The Switch SAE experiment"
+
+
+def check_model(model, cfg: Config | None = None) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (with ``cfg``; :data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT)
+
+
+@tf32_on_cuda
 def run(model, cfg: Config) -> Result:
     """Train every SAE on the same activations, evaluate, measure routing and geometry."""
+    check_model(model, cfg)
     t0 = time.perf_counter()
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
     hook = f"blocks.{layer}.hook_resid_pre"
@@ -383,28 +401,32 @@ def check(result: Result) -> None:
       FLOP-matched Switch SAE with the most experts has a lower FVU than the TopK (figure 1).
     """
     t, cfg = result.table.set_index("sae"), result.config
-    assert result.routed_vs_masked < 1e-5, f"routed vs dense-and-mask differ by {result.routed_vs_masked:.2e}"
+    claim(result.routed_vs_masked < 1e-5, f"routed vs dense-and-mask differ by {result.routed_vs_masked:.2e}")
     b = t[t.family == "balance"]
     if (b.alpha == 0).any():
         free, balanced = b[b.alpha == 0].iloc[0], b[b.alpha > 0]
-        assert (balanced.load_balance < free.load_balance).all(), f"L_lb: {b.load_balance.round(3).to_dict()}"
-        assert (balanced.max_load < free.max_load).all(), f"busiest expert's load: {b.max_load.round(3).to_dict()}"
+        claim((balanced.load_balance < free.load_balance).all(), f"L_lb: {b.load_balance.round(3).to_dict()}")
+        claim((balanced.max_load < free.max_load).all(), f"busiest expert's load: {b.max_load.round(3).to_dict()}")
     sw = t[(t.n_experts > 1) & (t.alpha > 0)]
-    assert (sw.max_load <= BALANCED_MAX_LOAD).all(), (
+    claim((sw.max_load <= BALANCED_MAX_LOAD).all(), (
         f"balanced Switch SAEs should stay within {BALANCED_MAX_LOAD}x uniform: "
-        f"{sw.max_load[sw.max_load > BALANCED_MAX_LOAD].round(2).to_dict()}")
+        f"{sw.max_load[sw.max_load > BALANCED_MAX_LOAD].round(2).to_dict()}"))
     topk_flops = t[t.family == "topk"].encoder_flops.iloc[0]
     flop = t[t.family == "flop"]
-    assert ((flop.encoder_flops / topk_flops - 1).abs() < 0.02).all(), flop.encoder_flops.to_dict()
+    claim(((flop.encoder_flops / topk_flops - 1).abs() < 0.02).all(),
+          f"FLOP-matched Switch SAEs should match TopK's {topk_flops} encoder FLOPs within 2 %: "
+          f"{flop.encoder_flops.to_dict()}")
     w = t[t.family == "width"].sort_values("n_experts")
     router = 2 * (topk_flops // (2 * cfg.width)) * w.n_experts
-    assert ((w.encoder_flops - router) * w.n_experts == topk_flops).all(), w.encoder_flops.to_dict()
+    claim(((w.encoder_flops - router) * w.n_experts == topk_flops).all(),
+          f"width-matched Switch SAEs should split TopK's encoder FLOPs by N (router aside): "
+          f"{w.encoder_flops.to_dict()}")
     ref = t[(t.family == "topk") & (t.k == cfg.width_matched_k)]
     if len(ref):
-        assert (w.fvu > ref.fvu.iloc[0]).all(), f"width-matched FVU {w.fvu.round(3).to_dict()} vs TopK {ref.fvu.iloc[0]:.3f}"
-    assert np.all(np.diff(w.fvu.values) > 0), f"width-matched FVU should grow with N: {w.fvu.round(3).to_dict()}"
+        claim((w.fvu > ref.fvu.iloc[0]).all(), f"width-matched FVU {w.fvu.round(3).to_dict()} vs TopK {ref.fvu.iloc[0]:.3f}")
+    claim(np.all(np.diff(w.fvu.values) > 0), f"width-matched FVU should grow with N: {w.fvu.round(3).to_dict()}")
     if cfg.total_samples >= PARETO_MIN_SAMPLES:
         n_max = max(cfg.flop_matched_experts)
         for k in cfg.k_values:
             sw_fvu, tk_fvu = t.loc[f"flop N={n_max} k={k}", "fvu"], t.loc[f"topk k={k}", "fvu"]
-            assert sw_fvu < tk_fvu, f"k={k}: FLOP-matched Switch ({n_max} experts) FVU {sw_fvu:.3f} vs TopK {tk_fvu:.3f}"
+            claim(sw_fvu < tk_fvu, f"k={k}: FLOP-matched Switch ({n_max} experts) FVU {sw_fvu:.3f} vs TopK {tk_fvu:.3f}")

@@ -5,21 +5,117 @@ Each module in :mod:`saetools.experiments` follows one protocol:
 
 * ``Config`` -- a frozen dataclass; ``Config.profile(name)`` gives a named configuration
   (``"smoke"``: the bundled model on a CPU in about a minute; ``"full"``: the paper's scale, on a
-  GPU), built by :class:`Profiles` from the fields each profile changes;
+  GPU; ``"test"``: the smallest sizes that run every step, in seconds on a CPU for any model --
+  it exercises the code path and shows no science), built by :class:`Profiles` from the fields each profile changes;
 * ``run(model, cfg) -> Result`` -- every measurement, as data;
 * ``figures(result) -> dict[str, Figure]`` -- matplotlib figures, drawn but not displayed;
-* ``check(result)`` -- asserts the claims the profile can test; every notebook ends with it.
+* ``check_model(model)`` -- raises :class:`UnsupportedModelError`, naming the models the
+  experiment supports, before any work on a model it cannot use (``run`` calls it first);
+* ``check(result)`` -- asserts the claims the profile can test, each through :func:`claim`, so a
+  claim that the run does not show raises :class:`ClaimFailed` (and nothing else does); every
+  notebook ends with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = ["Profiles", "subplots"]
+__all__ = ["ClaimFailed", "Profiles", "UnsupportedModelError", "claim", "require_model", "require_release_model",
+           "subplots", "tf32_on_cuda"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tf32_on_cuda(fn: F) -> F:
+    """Run ``fn`` with float32 matrix products and convolutions in TF32 on CUDA GPUs (8x the
+    float32 throughput of an A100; 10-bit mantissas in the products, float32 accumulation), as
+    SAE training commonly does; the previous setting is restored afterwards. CPU results are
+    unaffected. Every experiment's ``run`` uses it."""
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+    return wrapper  # type: ignore[return-value]
+
+MIN_SINGLE_TOKEN_NAMES = 24
+"""IOI experiments need at least this many of saetools's names as single tokens."""
+
+
+class UnsupportedModelError(ValueError):
+    """An experiment cannot run on this model; the message names the models it supports."""
+
+
+def require_release_model(model, release: str, experiment: str) -> None:
+    """Raise :class:`UnsupportedModelError` unless the sae-lens ``release`` was trained on
+    ``model`` (by the release's model name, e.g. ``gpt2-small`` for ``gpt2``)."""
+    from saetools.saes import release_model_name
+    from saetools.splicing import same_model
+
+    trained_on = release_model_name(release)
+    if not same_model(trained_on, model.cfg.model_name):
+        raise UnsupportedModelError(
+            f"{experiment}: the sae-lens release {release!r} holds SAEs of {trained_on}, not of "
+            f"{model.cfg.model_name}. Load {trained_on} (saetools.load_model({trained_on!r})) or choose a "
+            "release of this model.")
+
+
+def require_model(model, experiment: str, *, ioi_names: bool = False, rotary: bool = False,
+                  releases: Iterable[str] = ()) -> None:
+    """Raise :class:`UnsupportedModelError` unless ``model`` has what ``experiment`` needs: a
+    tokenizer; with ``ioi_names``, one that makes at least :data:`MIN_SINGLE_TOKEN_NAMES` of
+    saetools's names single tokens (GPT-2's and the bundled models' do); with ``rotary``, rotary
+    position embeddings (LM-Infinite's setting); and SAEs of its own for each sae-lens release
+    of ``releases`` (:func:`require_release_model`)."""
+    name = getattr(model.cfg, "model_name", "this model")
+    if model.tokenizer is None:
+        raise UnsupportedModelError(f"{experiment} needs a model with a tokenizer; {name} has none. Load one "
+                                    "with saetools.load_model (a TransformerLens name or a bundled model).")
+    if ioi_names:
+        from saetools.tasks import ioi
+
+        n = len(ioi.default_words("names", model))
+        if n < MIN_SINGLE_TOKEN_NAMES:
+            raise UnsupportedModelError(
+                f"{experiment} needs a tokenizer that makes names single tokens (IOI prompts compare the "
+                f"logits of two names): {name} gives {n} single-token names of saetools's list, fewer than "
+                f"{MIN_SINGLE_TOKEN_NAMES}. Use GPT-2 ('gpt2') or the bundled 'tiny-ioi'.")
+    if rotary and model.cfg.positional_embedding_type != "rotary":
+        raise UnsupportedModelError(
+            f"{experiment} needs a model with rotary position embeddings (LM-Infinite changes how "
+            f"relative distances enter attention): {name} uses {model.cfg.positional_embedding_type!r} "
+            "positions. Use the bundled 'tiny-rotary' or a rotary TransformerLens model such as "
+            "'pythia-70m-deduped' or a Llama.")
+    for release in releases:
+        require_release_model(model, release, experiment)
+
+
+class ClaimFailed(AssertionError):
+    """A paper's claim that this run does not show (raised by an experiment's ``check``).
+
+    On a model that lacks the phenomenon (random weights, or a profile too small to show it)
+    this is the expected outcome; any other exception is a fault of the code or the input.
+    """
+
+
+def claim(holds: object, message: str) -> None:
+    """Raise :class:`ClaimFailed` with ``message`` (the measured numbers) unless ``holds``.
+
+    Unlike ``assert``, it also checks under ``python -O``.
+    """
+    if not holds:
+        raise ClaimFailed(message)
 
 
 class Profiles:

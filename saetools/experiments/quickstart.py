@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from saetools.experiments.protocol import Profiles
+from saetools.experiments.protocol import Profiles, claim, require_model
 
 __all__ = ["ACCURACY_MIN", "ERROR_TERM_ATOL", "HEAD_DROP_MIN", "SPLICED_LD_MIN", "Config", "Result", "check"]
 
@@ -39,6 +39,7 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        "test": {"n_prompts": 16, "sae_prompts": 48, "sae_samples": 2048},
         "full": {"n_prompts": 2000, "sae_prompts": 4000, "sae_samples": 2_000_000},
     }
     """Named configurations: ``"smoke"`` (CPU minutes) or ``"full"`` (GPU scale)."""
@@ -60,13 +61,23 @@ class Result:
     """Mean logit difference with the SAE spliced without its error term."""
 
 
+SUPPORTED_MODELS = "Any model whose tokenizer makes names single tokens: GPT-2 and other TransformerLens models with a GPT-2-style tokenizer, or the bundled ``tiny-ioi``."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "The quickstart"
+
+
+def check_model(model) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (:data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT, ioi_names=True)
+
+
 def check(result: Result) -> None:
     """Assert the four claims of the tour."""
-    assert result.accuracy > ACCURACY_MIN, f"the model should solve IOI: accuracy {result.accuracy:.3f}"
+    claim(result.accuracy > ACCURACY_MIN, f"the model should solve IOI: accuracy {result.accuracy:.3f}")
     top = float(result.sweep.frac_drop.iloc[0])
-    assert top > HEAD_DROP_MIN, f"no head matters for IOI: the largest drop is {top:.0%}"
-    assert result.max_logit_change_with_error < ERROR_TERM_ATOL, (
-        f"splicing with the error term changed the logits by {result.max_logit_change_with_error:.2e}"
-    )
+    claim(top > HEAD_DROP_MIN, f"no head matters for IOI: the largest drop is {top:.0%}")
+    claim(result.max_logit_change_with_error < ERROR_TERM_ATOL,
+        f"splicing with the error term changed the logits by {result.max_logit_change_with_error:.2e}")
     kept = result.logit_diff_spliced / result.logit_diff
-    assert kept > SPLICED_LD_MIN, f"the spliced SAE kept only {kept:.0%} of the logit difference"
+    claim(kept > SPLICED_LD_MIN, f"the spliced SAE kept only {kept:.0%} of the logit difference")

@@ -29,7 +29,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 from saetools.activations import collect_activations
 from saetools.evals import evaluate_saes
-from saetools.experiments.protocol import Profiles, subplots
+from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
 from saetools.models.text import corpus_tokens
 from saetools.saes import refit_decoder
 from saetools.training import train_sae
@@ -47,6 +47,8 @@ class Config(Profiles):
     """Corpus documents whose activations train the SAEs."""
     n_eval_documents: int = 300
     """Held-out documents for evaluation."""
+    context_size: int | None = None
+    """Row length of the corpus rows, in tokens (default: the model's ``n_ctx``)."""
     d_sae: int = 384
     """Latents per SAE."""
     total_samples: int = 100_000
@@ -79,6 +81,7 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "d_sae": 64, "total_samples": 2048, "batch_size": 256},
         "full": {
             "n_documents": 60_000,
             "n_eval_documents": 3000,
@@ -130,14 +133,27 @@ def _l2_ratio(sae, x: torch.Tensor) -> np.ndarray:
     return (sae(x).norm(dim=-1) / x.norm(dim=-1)).numpy()
 
 
+SUPPORTED_MODELS = "Any TransformerLens model with a tokenizer (it reads the bundled corpus)."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "The shrinkage experiment"
+
+
+def check_model(model, cfg: Config | None = None) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (with ``cfg``; :data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT)
+
+
+@tf32_on_cuda
 def run(model, cfg: Config) -> Result:
     """Train every architecture on the same activations, evaluate, and fix the L1 SAE."""
+    check_model(model, cfg)
     t0 = time.perf_counter()
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
     hook = f"blocks.{layer}.hook_resid_pre"
-    tokens, keep = corpus_tokens(model, cfg.n_documents, seed=cfg.seed)
+    tokens, keep = corpus_tokens(model, cfg.n_documents, seed=cfg.seed, context_size=cfg.context_size)
     acts = collect_activations(model, tokens, hook, mask=keep)
-    eval_tokens, eval_keep = corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000)
+    eval_tokens, eval_keep = corpus_tokens(model, cfg.n_eval_documents, seed=cfg.seed + 10_000, context_size=cfg.context_size)
     eval_acts = collect_activations(model, eval_tokens, hook, mask=eval_keep)
     saes, meta = {}, {}
     for i, (name, (arch, param, sae_cfg)) in enumerate(_configs(cfg, acts.shape[1], hook).items()):
@@ -207,23 +223,23 @@ def check(result: Result) -> None:
     t = result.table.set_index("sae")
     l1 = t[t.architecture == "standard"]
     others = t[t.architecture != "standard"]
-    assert (l1.gamma_saelens < 0.9).all(), f"L1 SAEs should shrink: gamma {l1.gamma_saelens.round(3).to_dict()}"
+    claim((l1.gamma_saelens < 0.9).all(), f"L1 SAEs should shrink: gamma {l1.gamma_saelens.round(3).to_dict()}")
     gated = t[t.architecture == "gated"].set_index("param").gamma_saelens
     for name, row in l1.iterrows():
-        assert row.gamma_saelens < gated[row.param], f"{name} should shrink more than the gated SAE at l1={row.param}"
+        claim(row.gamma_saelens < gated[row.param], f"{name} should shrink more than the gated SAE at l1={row.param}")
     near = (others.gamma_saelens - 1).abs() < 0.1
-    assert near.all(), f"non-L1 SAEs should have gamma near 1: {others.gamma_saelens[~near].round(3).to_dict()}"
+    claim(near.all(), f"non-L1 SAEs should have gamma near 1: {others.gamma_saelens[~near].round(3).to_dict()}")
     overlap = 0
     ref = l1.sort_values("l0")
     for name, row in t[t.architecture == "gated"].iterrows():
         if ref.l0.min() <= row.l0 <= ref.l0.max():
             overlap += 1
             l1_fvu = np.interp(np.log(row.l0), np.log(ref.l0), ref.fvu)
-            assert row.fvu < l1_fvu, f"{name}: FVU {row.fvu:.3f} should beat L1's {l1_fvu:.3f} at L0 {row.l0:.1f}"
-    assert overlap, "no Gated SAE lands inside the L1 sweep's L0 range: widen the sweeps to compare them"
+            claim(row.fvu < l1_fvu, f"{name}: FVU {row.fvu:.3f} should beat L1's {l1_fvu:.3f} at L0 {row.l0:.1f}")
+    claim(overlap, "no Gated SAE lands inside the L1 sweep's L0 range: widen the sweeps to compare them")
     s = result.suppression.set_index("sae")
     before, after = s.iloc[0], s.iloc[1]
-    assert abs(after.gamma_saelens - 1) < abs(before.gamma_saelens - 1) - 0.05, "refit should remove shrinkage"
-    assert after.gamma_proj > before.gamma_proj, "refit should raise gamma_proj"
-    assert after.mse < before.mse, "refit should lower the MSE"
-    assert abs(after.l0 - before.l0) <= L0_ROUNDING * before.l0, "refit keeps the activation pattern (and L0)"
+    claim(abs(after.gamma_saelens - 1) < abs(before.gamma_saelens - 1) - 0.05, "refit should remove shrinkage")
+    claim(after.gamma_proj > before.gamma_proj, "refit should raise gamma_proj")
+    claim(after.mse < before.mse, "refit should lower the MSE")
+    claim(abs(after.l0 - before.l0) <= L0_ROUNDING * before.l0, "refit keeps the activation pattern (and L0)")

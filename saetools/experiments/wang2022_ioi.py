@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from saetools.circuits import Circuit, Discovery, Faithfulness, discover_circuit, faithfulness
 from saetools.circuits.patching import default_corruption, patch_heads, patch_resid
 from saetools.data import load_words
-from saetools.experiments.protocol import Profiles, subplots
+from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
 from saetools.tasks import ioi
 from saetools.widgets.plots import heatmap, scatter_roles
 
@@ -43,7 +43,7 @@ class Config(Profiles):
     seed: int = 0
     """Seeds the prompts; the ABC corruption uses ``seed + 1``."""
 
-    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {}, "full": {"n_prompts": 400}}
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {}, "test": {"n_prompts": 8}, "full": {"n_prompts": 400}}
     """Named configurations: ``"smoke"`` (a CPU minute) or ``"full"`` (more prompts)."""
 
     def __post_init__(self) -> None:
@@ -84,8 +84,21 @@ class Result:
         return self.discovery.circuit
 
 
+SUPPORTED_MODELS = "Any model whose tokenizer makes names single tokens: GPT-2 (the paper's model) or the bundled ``tiny-ioi``."
+"""The models this experiment runs on (:func:`check_model` rejects others before any work)."""
+EXPERIMENT = "The IOI circuit experiment"
+
+
+def check_model(model, cfg: Config | None = None) -> None:
+    """Raise :class:`~saetools.experiments.protocol.UnsupportedModelError` unless the experiment
+    supports ``model`` (with ``cfg``; :data:`SUPPORTED_MODELS`)."""
+    require_model(model, EXPERIMENT, ioi_names=True)
+
+
+@tf32_on_cuda
 def run(model, cfg: Config) -> Result:
     """Prompts, their ABC corruption, patching, circuit discovery and faithfulness."""
+    check_model(model, cfg)
     t0 = time.perf_counter()
     names = ioi.single_token_words(model, load_words("names"))
     clean = ioi.render(model, ioi.wang_spec(cfg.n_prompts, seed=cfg.seed, names=names))
@@ -187,20 +200,18 @@ def check(result: Result) -> None:
     """Assert what the run supports: the corruption matters, patching every position restores
     the clean run, heads that write the answer attend as their role says, and the circuit is
     faithful (kept >= :data:`KEPT_MIN`, removed >= :data:`REMOVED_MIN`)."""
-    assert result.logit_diff > result.logit_diff_abc + ABC_DROP_MIN, (
+    claim(result.logit_diff > result.logit_diff_abc + ABC_DROP_MIN,
         f"the ABC corruption lowers the logit difference only from {result.logit_diff:.2f} to "
-        f"{result.logit_diff_abc:.2f}"
-    )
+        f"{result.logit_diff_abc:.2f}")
     all_pos = result.resid[result.resid.position == "all"].score
-    assert ((all_pos - 1).abs() < 1e-3).all(), "patching every position must restore the clean run"
+    claim(((all_pos - 1).abs() < 1e-3).all(), "patching every position must restore the clean run")
     roles = result.circuit.roles
-    assert roles["name_mover"] or roles["s_suppression"], f"no head writes the answer directly: {roles}"
+    claim(roles["name_mover"] or roles["s_suppression"], f"no head writes the answer directly: {roles}")
     table = result.discovery.heads.set_index(["layer", "head"])
     for role, attends, other in (("name_mover", "end_io", "end_s"), ("s_suppression", "end_s", "end_io")):
         rows = table.loc[list(roles[role])] if roles[role] else table.iloc[:0]
-        assert (rows[attends] > rows[other]).all(), f"{role} heads must attend more to {attends[4:].upper()}"
+        claim((rows[attends] > rows[other]).all(), f"{role} heads must attend more to {attends[4:].upper()}")
     f = result.faithfulness
-    assert f.kept >= KEPT_MIN, f"the circuit alone keeps only {f.kept:.0%} (< {KEPT_MIN:.0%})"
-    assert f.removed >= REMOVED_MIN, (
-        f"ablating the circuit removes only {f.removed:.0%} (< {REMOVED_MIN:.0%})"
-    )
+    claim(f.kept >= KEPT_MIN, f"the circuit alone keeps only {f.kept:.0%} (< {KEPT_MIN:.0%})")
+    claim(f.removed >= REMOVED_MIN,
+        f"ablating the circuit removes only {f.removed:.0%} (< {REMOVED_MIN:.0%})")

@@ -7,11 +7,11 @@ and it splits into a linearly predictable part and a nonlinear part.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 __all__ = ["PowerLawFit", "fit_power_law", "scaling_regions"]
 
@@ -49,7 +49,7 @@ def _ca(u: np.ndarray, y: np.ndarray, m: float) -> tuple[float, float, float]:
     return float(c), float(a), float(np.sum((c + a * p - y) ** 2))
 
 
-def fit_power_law(widths: Sequence[float], values: Sequence[float], *, m_range: tuple[float, float] = (-3.0, 0.0),
+def fit_power_law(widths: ArrayLike, values: ArrayLike, *, m_range: tuple[float, float] = (-3.0, 0.0),
                   use_scipy: bool = True) -> PowerLawFit:
     """Least-squares ``c + a W^m`` with ``c >= 0``, ``a >= 0``, ``m`` in ``m_range``.
 
@@ -93,8 +93,8 @@ def fit_power_law(widths: Sequence[float], values: Sequence[float], *, m_range: 
     return PowerLawFit(c=float(c), a=float(a * w0 ** (-m)), m=float(m), method=method, rmse=rmse)
 
 
-def scaling_regions(fvu_sae: Sequence[float], fvu_sae_linear: Sequence[float],
-                    fvu_pursuit_linear: Sequence[float], asymptote: float) -> pd.DataFrame:
+def scaling_regions(fvu_sae: ArrayLike, fvu_sae_linear: ArrayLike,
+                    fvu_pursuit_linear: ArrayLike, asymptote: float) -> pd.DataFrame:
     """The stacked width decomposition of ``FVU(Sae)``, per width (bottom to top; paper Fig. 1).
 
     * ``nonlinear`` = FVU(Pursuit + its LinearError): what neither a better encoder nor a
