@@ -21,6 +21,7 @@ from _timing import best_time
 
 from saetools.dictionaries.ioi_saes import IOISAEConfig, train_sae_batch
 from saetools.experiments import EXPERIMENTS, budget
+from saetools.experiments.protocol import tf32_on_cuda
 from saetools.models.configs import gpt2_small_config
 from saetools.models.loading import random_gpt2_small
 
@@ -68,22 +69,7 @@ def sae_flop_rate(device: str, reps: int, sync) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    with budget_tf32(device):
-        return 12 * d_in * d_sae * batch / best_time(step, reps, sync)
-
-
-class budget_tf32:
-    """TF32 products on CUDA, as the experiments run them."""
-
-    def __init__(self, device: str):
-        self.on = device != "cpu"
-
-    def __enter__(self):
-        self.saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.on or self.saved
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32 = self.saved
+    return 12 * d_in * d_sae * batch / best_time(tf32_on_cuda(step), reps, sync)  # as the experiments run
 
 
 def main() -> None:
