@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from saetools.circuits import ablation, patching
-from saetools.data import load_words
 from saetools.hooks import check_heads, scoped_hooks
 from saetools.tasks import ioi
 
@@ -63,7 +62,7 @@ class IOIBackend:
         self.model, self.top_k = model, top_k
         self.examples: list[str] = list(batch.texts[:n_examples])
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
-        self.names = set(ioi.single_token_words(model, load_words("names")))
+        self.names = set(ioi.default_words("names", model))
         reference = patching.default_corruption(model, batch, seed=seed)
         with torch.no_grad():
             names = [f"blocks.{l}.attn.hook_z" for l in range(self.n_layers)]

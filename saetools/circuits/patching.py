@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from saetools.circuits import incremental
 from saetools.circuits.ablation import abc_counterpart
-from saetools.data import load_words
 from saetools.hooks import check_heads, scoped_hooks
 from saetools.tasks import ioi
 
@@ -55,7 +54,7 @@ ALL = "all"
 
 def default_corruption(model, clean: ioi.IOIBatch, *, seed: int = 0) -> ioi.IOIBatch:
     """The ABC counterpart of ``clean`` (S2 replaced by a third name), rendered for ``model``."""
-    names = ioi.single_token_words(model, load_words("names"))
+    names = ioi.default_words("names", model)
     return ioi.render(model, abc_counterpart(clean.spec, seed=seed, names=names))
 
 

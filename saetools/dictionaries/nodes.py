@@ -27,7 +27,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from saetools.data import load_words
 from saetools.hooks import check_hook_names
 from saetools.tasks import ioi
 
@@ -318,7 +317,7 @@ def attribute_patching(model, batch: ioi.IOIBatch, attribute: str, *, position: 
         raise ValueError(f"attribute must be one of {ioi.ATTRIBUTES}, got {attribute!r}")
     if position not in ioi.POSITIONS:
         raise ValueError(f"position must be one of {ioi.POSITIONS}, got {position!r}")
-    names = names if names is not None else ioi.single_token_words(model, load_words("names"))
+    names = names if names is not None else ioi.default_words("names", model)
     cf = ioi.render(model, ioi.counterfactual(batch.spec, attribute, seed=seed, names=names))
     if cf.tokens.shape != batch.tokens.shape:
         raise ValueError("counterfactual prompts tokenize to a different layout; use single-token words")

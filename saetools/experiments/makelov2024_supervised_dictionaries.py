@@ -38,7 +38,6 @@ import pandas as pd
 import torch
 
 from saetools import circuits
-from saetools.data import load_words
 from saetools.dictionaries import (
     CrossSection,
     NodeRunner,
@@ -407,7 +406,7 @@ def _playground(model, batches, supervised, saes, tables, cfg, names) -> pd.Data
 
 def _prompts(model, cfg: Config):
     """Names, training and held-out prompts, and the counterfactual name pools."""
-    names = ioi.single_token_words(model, load_words("names"))
+    names = ioi.default_words("names", model)
     names = names[: cfg.n_names] if cfg.n_names else names
     splits = ioi.makelov_name_splits(names)
     train = ioi.render(model, ioi.makelov_spec(cfg.n_train, seed=cfg.seed, names=names), equal_length=True)

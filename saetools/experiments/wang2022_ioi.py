@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 
 from saetools.circuits import Circuit, Discovery, Faithfulness, discover_circuit, faithfulness
 from saetools.circuits.patching import default_corruption, patch_heads, patch_resid
-from saetools.data import load_words
 from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
 from saetools.tasks import ioi
 from saetools.widgets.plots import heatmap, scatter_roles
@@ -100,7 +99,7 @@ def run(model, cfg: Config) -> Result:
     """Prompts, their ABC corruption, patching, circuit discovery and faithfulness."""
     check_model(model, cfg)
     t0 = time.perf_counter()
-    names = ioi.single_token_words(model, load_words("names"))
+    names = ioi.default_words("names", model)
     clean = ioi.render(model, ioi.wang_spec(cfg.n_prompts, seed=cfg.seed, names=names))
     corrupted = default_corruption(model, clean, seed=cfg.seed + 1)
     with torch.no_grad():
