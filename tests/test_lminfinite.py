@@ -40,11 +40,12 @@ def rope(x: torch.Tensor, t: float, base: float = 10000.0) -> torch.Tensor:
     return torch.cat([a * theta.cos() - b * theta.sin(), a * theta.sin() + b * theta.cos()])
 
 
-def reference_pattern(q, k, cfg: LMInfiniteConfig) -> torch.Tensor:
+def reference_pattern(q, k, cfg: LMInfiniteConfig, layer: int = 0) -> torch.Tensor:
     """The rule of ``docs/han2023_lm_infinite.md``, one loop per (head, i, j); q, k pre-rotary
     ``[pos, head, d]``."""
     n, n_heads, d = q.shape
     cap = min(cfg.cap, n - 1)
+    top_d = min(cfg.cap if cfg.top_k_distance is None else cfg.top_k_distance, n - 1)
     out = torch.zeros(n_heads, n, n, dtype=torch.float64)
     for h in range(n_heads):
         for i in range(n):
@@ -59,6 +60,13 @@ def reference_pattern(q, k, cfg: LMInfiniteConfig) -> torch.Tensor:
                     s[j] = rope(q[i, h], cap) @ k[j, h].double() / math.sqrt(d)
                 else:
                     s[j] = rope(q[i, h], i) @ rope(k[j, h], j) / math.sqrt(d)
+            if cfg.top_k and layer >= cfg.top_k_from_layer:
+                # The masked middle: not global, outside the window; keep the best top_k of them
+                # at the inserted distance.
+                middle = [j for j in range(cfg.n_global, i + 1) if i - j >= cfg.n_local]
+                top = {j: float(rope(q[i, h], top_d) @ k[j, h].double() / math.sqrt(d)) for j in middle}
+                for j in sorted(top, key=top.get, reverse=True)[: cfg.top_k]:
+                    s[j] = top[j]
             out[h, i] = s.softmax(-1)
     return out
 
@@ -70,23 +78,28 @@ CASES = [
     LMInfiniteConfig(n_local=5, n_global=2, use_mask=False),      # cap only
     LMInfiniteConfig(n_local=4, n_global=0, limit_distance=7),    # sliding window, other cap
     LMInfiniteConfig(n_local=8, n_global=2, limit_distance=100),  # cap clipped to kv_len - 1
+    LMInfiniteConfig(n_local=5, n_global=2, top_k=3, top_k_from_layer=1),  # top-k middle, upper layer
+    LMInfiniteConfig(n_local=4, n_global=0, top_k=2, use_cap=False, top_k_distance=9),  # top-k, mask only
 ]
 
 
-@pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"L{c.n_local}-G{c.n_global}-m{int(c.use_mask)}c{int(c.use_cap)}")
+@pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"L{c.n_local}-G{c.n_global}-m{int(c.use_mask)}c{int(c.use_cap)}k{c.top_k}")
 def test_hooks_equal_reference(cfg):
     model = rotary_model()
-    tokens = torch.randint(50, (1, 24), generator=torch.Generator().manual_seed(1))
+    # Distinct tokens: layer-0 keys of a repeated token are equal (rotary adds no position to the
+    # unrotated key), and top-k would then break exact ties arbitrarily.
+    tokens = torch.randperm(50, generator=torch.Generator().manual_seed(1))[None, :24]
     names = lambda n: n.endswith(("attn.hook_q", "attn.hook_k", "attn.hook_pattern"))
     with lm_infinite(model, cfg):
         _, cache = model.run_with_cache(tokens, names_filter=names)
     for layer in range(model.cfg.n_layers):
-        ref = reference_pattern(cache["q", layer][0], cache["k", layer][0], cfg)
+        ref = reference_pattern(cache["q", layer][0], cache["k", layer][0], cfg, layer)
         torch.testing.assert_close(cache["pattern", layer][0].double(), ref, atol=ATOL, rtol=0)
     assert attached_hook_count(model) == 0
 
 
-@pytest.mark.parametrize("cfg", [CASES[0], CASES[1], CASES[2], CASES[4]], ids=["both", "inside", "mask", "window"])
+@pytest.mark.parametrize("cfg", [CASES[0], CASES[1], CASES[2], CASES[4], CASES[6], CASES[7]],
+                         ids=["both", "inside", "mask", "window", "top-k", "top-k-mask"])
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_lean_path_equals_hooks(cfg, chunk):
     model = rotary_model(rotary_dim=4)  # partial rotary: the pass-through dims too
@@ -122,11 +135,17 @@ def test_bad_input_and_absolute_positions():
         LMInfiniteConfig(n_local=0)
     with pytest.raises(ValueError, match="both off"):
         LMInfiniteConfig(n_local=4, use_mask=False, use_cap=False)
+    with pytest.raises(ValueError, match="use_mask=True"):
+        LMInfiniteConfig(n_local=4, use_mask=False, top_k=5)
+    with pytest.raises(ValueError, match="top_k"):
+        LMInfiniteConfig(n_local=4, top_k=-1)
     absolute = rotary_model(positional_embedding_type="standard")
     with pytest.raises(ValueError, match="rotary"):
         lm_infinite(absolute, LMInfiniteConfig(n_local=4)).__enter__()
     with pytest.raises(ValueError, match="use_mask"):
         lean_attention(rotary_model(), LMInfiniteConfig(n_local=4, use_mask=False)).__enter__()
+    with pytest.raises(ValueError, match="top_k=0"):
+        lm_infinite(absolute, LMInfiniteConfig(n_local=4, use_cap=False, top_k=2)).__enter__()
     tokens = torch.randint(50, (1, 20), generator=torch.Generator().manual_seed(3))
     cfg = LMInfiniteConfig(n_local=4, n_global=1, use_cap=False)
     with pytest.warns(AbsolutePositionWarning):

@@ -12,7 +12,15 @@ rule. For query position ``i`` and key ``j <= i`` (distance ``d = i - j``):
   inside the window is counted once, at its true distance).
 
 With the mask off and the cap on ("cap only", the authors' non-fused path), every key outside
-the window gets the capped logit. Two implementations give the same numbers:
+the window gets the capped logit.
+
+* **top-k middle attention** (the authors' later version, ``top_k > 0``): in layers
+  ``>= top_k_from_layer``, each query also attends to the ``top_k`` keys of the masked middle
+  (``n_global <= j`` and ``d >= n_local``) whose logit at the inserted distance
+  ``top_k_distance`` (``<rope(q_i, top_k_distance), k_j>``) is largest, with that logit. This is
+  what lets a model retrieve a fact from the middle of a long context (passkey retrieval).
+
+Two implementations give the same numbers:
 
 * :func:`lm_infinite_hooks` -- scoped hooks (``hook_rot_q``, ``hook_rot_k``,
   ``hook_attn_scores``) on any TransformerLens model; costs the usual n x n scores;
@@ -65,6 +73,17 @@ class LMInfiniteConfig:
     """Apply the Lambda mask (drop keys that are neither global nor local)."""
     use_cap: bool = True
     """Apply the distance cap (needs rotary positions)."""
+    top_k: int = 0
+    """Top-k middle-token attention: each query also attends to this many keys of the masked
+    middle, those with the largest logit at distance ``top_k_distance`` (0 = off). The authors
+    use 5 for passkey retrieval. They apply it to the newest token only (the one being decoded,
+    with a KV cache); here every query gets it, so one forward over a prompt equals decoding it
+    token by token without a cache. Needs the mask and rotary positions."""
+    top_k_from_layer: int = 0
+    """First layer with top-k middle attention (the authors: layer 4 of 32)."""
+    top_k_distance: int | None = None
+    """Relative distance at which the top-k middle keys are scored and attended (default: the
+    cap; the authors insert them at the pretraining length)."""
 
     def __post_init__(self) -> None:
         if self.n_local < 1:
@@ -76,16 +95,38 @@ class LMInfiniteConfig:
         if not (self.use_mask or self.use_cap):
             raise ValueError("LMInfiniteConfig: use_mask and use_cap are both off; run the model "
                              "without LM-Infinite instead")
+        if self.top_k < 0 or self.top_k_from_layer < 0:
+            raise ValueError(f"LMInfiniteConfig.top_k and top_k_from_layer must be >= 0, got "
+                             f"{self.top_k} and {self.top_k_from_layer}")
+        if self.top_k and not self.use_mask:
+            raise ValueError("LMInfiniteConfig: top_k middle attention needs use_mask=True (without the "
+                             "mask no middle key is masked, so there is nothing to select)")
+        if self.top_k_distance is not None and self.top_k_distance < 0:
+            raise ValueError(f"LMInfiniteConfig.top_k_distance must be >= 0, got {self.top_k_distance}")
+
+    def top_k_at(self, layer: int) -> bool:
+        """Whether ``layer`` has top-k middle attention."""
+        return self.top_k > 0 and layer >= self.top_k_from_layer
 
     @property
     def cap(self) -> int:
         """The configured distance cap (before clipping to ``kv_len - 1``)."""
         return self.n_local if self.limit_distance is None else self.limit_distance
 
+    def top_k_dist(self, kv_len: int) -> int:
+        """The distance of the top-k middle keys, clipped to ``kv_len - 1`` like the cap."""
+        d = self.cap if self.top_k_distance is None else self.top_k_distance
+        return min(d, kv_len - 1)
+
 
 def _check_model(model, cfg: LMInfiniteConfig) -> None:
     mcfg = model.cfg
     rotary = mcfg.positional_embedding_type == "rotary"
+    if cfg.top_k and not rotary:
+        raise ValueError(
+            f"top-k middle attention scores keys at an inserted rotary distance, but this model's "
+            f"positional_embedding_type is {mcfg.positional_embedding_type!r}; use top_k=0"
+        )
     if cfg.use_cap and not rotary:
         raise ValueError(
             f"the distance cap needs rotary positions, but this model's positional_embedding_type "
@@ -128,6 +169,7 @@ def lambda_scores(
     q_pos: Tensor,
     k_pos: Tensor,
     cfg: LMInfiniteConfig,
+    top_k_scores: Float[Tensor, "batch head q k"] | None = None,
 ) -> Float[Tensor, "batch head q k"]:
     """Apply the LM-Infinite rule to attention logits.
 
@@ -138,6 +180,8 @@ def lambda_scores(
         q_pos: absolute positions of the queries, ``[q]``.
         k_pos: absolute positions of the keys, ``[k]`` (ascending).
         cfg: the rule.
+        top_k_scores: logits of every key at distance ``cfg.top_k_distance``; given, each query
+            also keeps the ``cfg.top_k`` masked middle keys with the largest of these logits.
 
     Returns:
         Logits with masked entries at ``-inf``, ready for the softmax.
@@ -151,7 +195,18 @@ def lambda_scores(
         n_c = capped_scores.shape[-1]
         head = torch.where(local[:, :n_c], true_scores[..., :n_c], capped_scores)
         out = torch.cat([head, true_scores[..., n_c:]], dim=-1)
+    if top_k_scores is not None and cfg.top_k:
+        chosen = _top_k_middle(top_k_scores, causal & ~local & (k_pos[None, :] >= cfg.n_global), cfg.top_k)
+        out, keep = torch.where(chosen, top_k_scores, out), keep | chosen
     return out.masked_fill(~keep, float("-inf"))
+
+
+def _top_k_middle(scores: Tensor, middle: Tensor, k: int) -> Tensor:
+    """Boolean ``scores``-shaped mask of the (up to) ``k`` largest ``middle`` entries of each row."""
+    k = min(k, scores.shape[-1])
+    masked = scores.masked_fill(~middle, float("-inf"))
+    chosen = torch.zeros_like(masked, dtype=torch.bool).scatter_(-1, masked.topk(k, dim=-1).indices, True)
+    return chosen & middle  # rows with fewer than k middle keys picked some masked ones
 
 
 def _capped_scores(attn, rot_q: Tensor, rot_k: Tensor, q_pos: Tensor, k_pos: Tensor, cap: int) -> Tensor:
@@ -165,18 +220,21 @@ def _capped_scores(attn, rot_q: Tensor, rot_k: Tensor, q_pos: Tensor, k_pos: Ten
     return apply_softcap(scores, attn.cfg.attn_scores_soft_cap)
 
 
-def _scores_hook(attn, cfg: LMInfiniteConfig, state: dict) -> Callable:
+def _scores_hook(attn, cfg: LMInfiniteConfig, state: dict, top_k: bool) -> Callable:
     def hook(scores: Tensor, hook) -> Tensor:
         n_q, n_k = scores.shape[-2:]
         k_pos = torch.arange(n_k, device=scores.device)
         q_pos = k_pos[n_k - n_q:]  # with a KV cache the queries are the last positions
-        capped = None
+        capped = top = None
+        if cfg.use_cap or top_k:
+            rot_q, rot_k = state.pop("rot_q"), state.pop("rot_k")
         if cfg.use_cap:
             cap = min(cfg.cap, n_k - 1)
             n_c = min(cfg.n_global, n_k) if cfg.use_mask else n_k
-            rot_q, rot_k = state.pop("rot_q"), state.pop("rot_k")
             capped = _capped_scores(attn, rot_q, rot_k[:, :n_c], q_pos, k_pos[:n_c], cap)
-        return lambda_scores(scores, capped, q_pos, k_pos, cfg)
+        if top_k:
+            top = _capped_scores(attn, rot_q, rot_k, q_pos, k_pos, cfg.top_k_dist(n_k))
+        return lambda_scores(scores, capped, q_pos, k_pos, cfg, top)
 
     return hook
 
@@ -203,10 +261,11 @@ def lm_infinite_hooks(model, cfg: LMInfiniteConfig) -> list[tuple[str, Callable]
     hooks = []
     for layer, block in enumerate(model.blocks):
         state: dict = {}
-        if cfg.use_cap:
+        if cfg.use_cap or cfg.top_k_at(layer):
             hooks.append((f"blocks.{layer}.attn.hook_rot_q", _store(state, "rot_q")))
             hooks.append((f"blocks.{layer}.attn.hook_rot_k", _store(state, "rot_k")))
-        hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _scores_hook(block.attn, cfg, state)))
+        hooks.append((f"blocks.{layer}.attn.hook_attn_scores",
+                      _scores_hook(block.attn, cfg, state, cfg.top_k_at(layer))))
     return hooks
 
 
@@ -217,9 +276,12 @@ def lm_infinite(model, cfg: LMInfiniteConfig) -> Iterator[None]:
         yield
 
 
-def _banded_z(attn, q: Tensor, k: Tensor, v: Tensor, cfg: LMInfiniteConfig, chunk: int) -> Tensor:
+def _banded_z(attn, q: Tensor, k: Tensor, v: Tensor, cfg: LMInfiniteConfig, chunk: int, top_k: bool) -> Tensor:
     """Attention output ``z`` of the Lambda rule, scoring each query chunk against the global
-    keys plus a band of ``n_local`` keys: O(pos * (n_local + n_global + chunk)) memory."""
+    keys plus a band of ``n_local`` keys: O(pos * (n_local + n_global + chunk)) memory.
+
+    With ``top_k``, each chunk also scores every middle key before its band (O(chunk * pos)
+    memory per chunk) and keeps each query's ``cfg.top_k`` best."""
     from transformer_lens.utilities.activation_functions import apply_softcap
 
     n = q.shape[1]
@@ -231,6 +293,7 @@ def _banded_z(attn, q: Tensor, k: Tensor, v: Tensor, cfg: LMInfiniteConfig, chun
     k, rk, v = (_expand_kv(t, q.shape[2]) for t in (k, rk, v))
     cap = min(cfg.cap, n - 1)
     q_cap = _rotate(attn, q, torch.full_like(pos, cap)) if cfg.use_cap else None
+    q_top = _rotate(attn, q, torch.full_like(pos, cfg.top_k_dist(n))) if top_k else None
     z = torch.empty_like(q[..., : v.shape[-1]])
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
@@ -246,20 +309,28 @@ def _banded_z(attn, q: Tensor, k: Tensor, v: Tensor, cfg: LMInfiniteConfig, chun
             unrot = torch.cat([k[:, :g], k[:, lo:e]], dim=1)[:, :n_c]
             capped = torch.einsum("bqhd,bkhd->bhqk", q_cap[:, s:e], unrot) / attn.attn_scale
             capped = apply_softcap(capped, attn.cfg.attn_scores_soft_cap)
-        pattern = lambda_scores(scores, capped, pos[s:e], k_pos, cfg).softmax(-1)
+        logits = lambda_scores(scores, capped, pos[s:e], k_pos, cfg)
         vals = torch.cat([v[:, :g], v[:, lo:e]], dim=1)
-        z[:, s:e] = torch.einsum("bhqk,bkhd->bqhd", pattern, vals)
+        m_hi = e - cfg.n_local  # keys before it are in the middle for some query of the chunk
+        if top_k and m_hi > cfg.n_global:
+            mid = slice(cfg.n_global, m_hi)
+            top = torch.einsum("bqhd,bkhd->bhqk", q_top[:, s:e], k[:, mid]) / attn.attn_scale
+            top = apply_softcap(top, attn.cfg.attn_scores_soft_cap)
+            middle = pos[s:e, None] - pos[None, mid] >= cfg.n_local
+            top = top.masked_fill(~_top_k_middle(top, middle, cfg.top_k), float("-inf"))
+            logits, vals = torch.cat([logits, top], dim=-1), torch.cat([vals, v[:, mid]], dim=1)
+        z[:, s:e] = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), vals)
     return z
 
 
-def _lean_forward(attn, cfg: LMInfiniteConfig, chunk: int) -> Callable:
+def _lean_forward(attn, cfg: LMInfiniteConfig, chunk: int, top_k: bool) -> Callable:
     def forward(query_input, key_input, value_input, past_kv_cache_entry=None,
                 additive_attention_mask=None, attention_mask=None, position_bias=None, **kwargs):
         if past_kv_cache_entry is not None or attention_mask is not None or additive_attention_mask is not None:
             raise NotImplementedError("lean_attention scores whole unpadded sequences: no KV cache, "
                                       "no attention_mask; use lm_infinite (hooks) for generation")
         q, k, v = attn.calculate_qkv_matrices(query_input, key_input, value_input)
-        z = attn.hook_z(_banded_z(attn, q, k, v, cfg, chunk))
+        z = attn.hook_z(_banded_z(attn, q, k, v, cfg, chunk, top_k))
         out = torch.einsum("bqhd,hdm->bqm", z, attn.W_O.to(z.dtype)) + attn.b_O
         return out
 
@@ -272,7 +343,8 @@ def lean_attention(model, cfg: LMInfiniteConfig, *, chunk: int | None = None) ->
 
     Never materialises the n x n score matrix: query chunks of ``chunk`` tokens (default
     ``n_local``) are scored against the global keys plus a band of recent keys, so peak memory
-    grows linearly with length. ``hook_q/k/v``, ``hook_rot_q/k`` and ``hook_z`` still fire;
+    grows linearly with length. Top-k middle attention (``cfg.top_k``) must score every middle
+    key: then each chunk holds ``chunk x n`` scores in its top-k layers. ``hook_q/k/v``, ``hook_rot_q/k`` and ``hook_z`` still fire;
     ``hook_attn_scores`` and ``hook_pattern`` do not. The original forwards are restored on
     exit, also after an exception.
 
@@ -295,8 +367,8 @@ def lean_attention(model, cfg: LMInfiniteConfig, *, chunk: int | None = None) ->
                                       "(no qk-norm, clip_qkv, sinks, use_attn_result)")
     patched = []
     try:
-        for block in model.blocks:
-            block.attn.forward = _lean_forward(block.attn, cfg, chunk)
+        for layer, block in enumerate(model.blocks):
+            block.attn.forward = _lean_forward(block.attn, cfg, chunk, cfg.top_k_at(layer))
             patched.append(block.attn)
         yield
     finally:
