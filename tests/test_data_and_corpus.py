@@ -27,13 +27,51 @@ def test_heldout_templates_never_in_training():
     assert len(train) > 1000
 
 
-def test_heldout_names_never_in_ioi_or_abc_training_sentences():
+IOI_KINDS = ("ioi", "distractor", "triple")
+
+
+def test_heldout_names_never_in_ioi_training_sentences():
     held = set(heldout_names())
     docs = generate_labelled_documents(4000, seed=0)
-    ioi_docs = [text for kind, text in docs if kind in ("ioi", "abc")]
+    ioi_docs = [text for kind, text in docs if kind in IOI_KINDS]
     assert len(ioi_docs) > 1000
     for text in ioi_docs:
         assert not (set(text.replace(".", " ").replace(",", " ").split()) & held), text
+
+
+def _names_in(text: str) -> list[str]:
+    names = set(load_words("names"))
+    return [w for w in text.replace(".", " ").replace(",", " ").split() if w in names]
+
+
+def test_no_ioi_sentence_rewards_avoiding_the_last_name():
+    """The shortcut "answer the first-clause name that is not the last one mentioned" fails on a
+    good share of the IOI-like sentences, and every answer is the non-repeated first-clause name."""
+    docs = [text for kind, text in generate_labelled_documents(4000, seed=1) if kind in IOI_KINDS]
+    shortcut_fails = 0
+    for text in docs:
+        *context, answer = _names_in(text)
+        first = context[:2]
+        counts = {n: context.count(n) for n in first}
+        assert answer in first and counts[answer] == 1 and max(counts.values()) >= 2, text
+        last = context[-1]
+        shortcut = [n for n in first if n != last]
+        shortcut_fails += shortcut != [answer]
+    assert shortcut_fails / len(docs) > 0.1, shortcut_fails / len(docs)
+
+
+def test_heldout_distractor_phrase_never_in_training():
+    phrase = ioi_template_data()["distractors"]["heldout"].replace("{C}", "").strip(" ,")
+    assert phrase and phrase not in " ".join(generate_documents(5000, seed=2))
+
+
+def test_copying_documents_are_plain_repeats():
+    """The corpus trains repeats in the format copying_scores probes (a list, then the list again)."""
+    docs = [text for kind, text in generate_labelled_documents(500, seed=0) if kind == "copying"]
+    for text in docs:
+        words = text.rstrip(".").split()
+        half = len(words) // 2
+        assert words[:half] == words[half:], text
 
 
 def test_heldout_names_do_occur_elsewhere_in_the_corpus():

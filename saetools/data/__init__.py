@@ -13,7 +13,7 @@ from typing import Literal
 
 WordList = Literal["names", "places", "objects"]
 
-__all__ = ["WordList", "load_words", "ioi_template_data", "heldout_names", "heldout_templates"]
+__all__ = ["WordList", "load_words", "ioi_template_data", "heldout_names", "heldout_templates", "with_distractor"]
 
 
 @lru_cache(maxsize=None)
@@ -48,3 +48,21 @@ def heldout_templates() -> tuple[str, ...]:
     return tuple(data["wang2022"][i] for i in held["wang2022"]) + tuple(
         data["makelov2024"][i] for i in held["makelov2024"]
     )
+
+
+def with_distractor(template: str, name: str, *, phrase: str | None = None) -> str:
+    """``template`` with a new name ``name`` placed next to its subject ``{S}`` by ``phrase``.
+
+    ``phrase`` holds ``{C}`` (default: the held-out phrase of ``ioi_templates.json``,
+    ``", together with {C},"``). A phrase that ends with a space (``"{C} said that "``) goes
+    before the subject, any other right after it: ``"... {S} gave a {OBJECT} to"`` becomes
+    ``"... {S}, together with Kevin, gave a {OBJECT} to"``.
+    """
+    phrase = ioi_template_data()["distractors"]["heldout"] if phrase is None else phrase
+    if "{C}" not in phrase:
+        raise ValueError(f"distractor phrase {phrase!r} has no {{C}} placeholder")
+    if template.count("{S}") < 1:
+        raise ValueError(f"template {template!r} has no {{S}} placeholder")
+    head, tail = template.rsplit("{S}", 1)
+    filled = phrase.replace("{C}", name)
+    return head + (filled + "{S}" if phrase.endswith(" ") else "{S}" + filled) + tail

@@ -1,32 +1,40 @@
 """The synthetic corpora the bundled models are trained on, and their packing into rows.
 
-The ``tiny-ioi`` corpus: 
-Four seeded document generators, mixed by :class:`CorpusConfig`:
+The ``tiny-ioi`` corpus: seeded document generators, mixed by :class:`CorpusConfig`, built so
+that the only rule solving every IOI-like sentence is Wang et al.'s (2022): *the answer is the
+first-clause name that is not repeated*.
 
 * **IOI** sentences (Wang et al. 2022): ``"Then, Mary and John went to the store. John gave a
   ring to Mary."`` built from compositional templates (``data/ioi_templates.json``) plus the
   Wang et al. templates that are not held out;
-* **ABC** sentences: the same templates with a third, distinct name as the subject; the answer
-  is one of the first two names at random, so the model learns "a first-clause name that is not
-  the subject" rather than a surface statistic. ABC sentences use only training names: with
-  held-out names appearing *only* in ABC sentences (whose answer is a coin flip), a model
-  learns that those names make the answer 50/50 and fails IOI on them;
+* **distractor** IOI sentences: a third, new name stands next to the subject in the second
+  clause and is never the answer -- after it (``"John, with Kevin, gave a ring to Mary."``) or
+  before it (``"Kevin said that John gave a ring to Mary."``). In plain IOI the subject is
+  always the last name before the answer; a model can then answer "the first-clause name that
+  is not the most recent one" without ever noticing the repetition. With the new name last,
+  that shortcut fails, and with it first, "not the first name of the second clause" fails;
+* **triple-S** sentences: the subject is named a third time (``"... John was happy, and John
+  gave a ring to Mary."``);
 * **recall** sentences with a single name that is later copied after "to"
   (``"Today, Mary went to the park. The ring was given to Mary."``), over every name including
-  held-out ones: not IOI (there is no second name to choose from), but it trains the model to
-  copy *any* name from context, so the IOI circuit's copying is not specific to training names;
+  held-out ones: it trains copying *any* name from context;
 * **grammar** sentences from a small grammar over the same vocabulary (every name, including
   held-out ones, so their embeddings are trained);
-* **copying** sequences: a random word list followed by its repeat, so that induction and
-  duplicate-token heads can form.
+* **copying** sequences: a random word list followed by its repeat (``" store Mary ring store
+  Mary ring."``), the format in which :func:`saetools.circuits.copying_scores` probes induction
+  and duplicate-token heads.
 
-``tiny-rotary`` trains on :func:`long_document` streams: the same sentences without document
-breaks, with passkey statements recalled a few sentences later.
+No sentence has three distinct names with one of the first two as a coin-flip answer (the ABC
+distribution): such sentences reward "avoid the last name", the shortcut above.
+
+``tiny-rotary`` trains on rows that start at BOS: :func:`long_document` text (the sentences
+above run together) and passkey documents (:func:`passkey_document`, the protocol of Mohtashami
+& Jaggi 2023 that LM-Infinite evaluates).
 
 Held out for evaluation (see :func:`saetools.data.heldout_templates` /
-:func:`saetools.data.heldout_names`): some template strings never occur, and some names never
-occur in an IOI or ABC sentence, so choosing between two first-clause names -- the IOI
-task itself -- is never trained on them.
+:func:`saetools.data.heldout_names`): some template strings never occur, the distractor phrase
+held-out distractor phrase of ``data/ioi_templates.json`` never occurs, and some names never occur in an IOI sentence, so
+choosing between two first-clause names -- the IOI task itself -- is never trained on them.
 """
 
 from __future__ import annotations
@@ -38,9 +46,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from saetools.data import heldout_names, heldout_templates, ioi_template_data, load_words
+from saetools.data import heldout_names, heldout_templates, ioi_template_data, load_words, with_distractor
 
-KINDS: tuple[str, ...] = ("ioi", "abc", "recall", "grammar", "copying")
+KINDS: tuple[str, ...] = ("ioi", "distractor", "triple", "recall", "grammar", "copying")
+
+_TRIPLE = (" was happy, and {S}", " smiled. Then {S}", " came back, and {S}")
 
 __all__ = [
     "KINDS",
@@ -51,8 +61,10 @@ __all__ = [
     "generate_documents",
     "tokenizer_training_text",
     "pack_documents",
-    "KEY_PREFIX",
+    "PASSKEY_FILLER",
     "passkey",
+    "passkey_document",
+    "passkey_question",
     "long_document",
     "long_document_tokens",
 ]
@@ -62,15 +74,17 @@ __all__ = [
 class CorpusConfig:
     """Mixture weights of the document generators (normalised to sum to 1)."""
 
-    ioi: float = 0.40
+    ioi: float = 0.25
     """Weight of IOI sentences (names A, B, B)."""
-    abc: float = 0.10
-    """Weight of ABC sentences (three distinct names)."""
-    recall: float = 0.20
+    distractor: float = 0.25
+    """Weight of IOI sentences with a new, non-answer name next to the subject."""
+    triple: float = 0.10
+    """Weight of IOI sentences that name the subject three times."""
+    recall: float = 0.15
     """Weight of single-name recall sentences (every name, held-out ones included)."""
     grammar: float = 0.10
     """Weight of small-grammar sentences."""
-    copying: float = 0.20
+    copying: float = 0.15
     """Weight of repeated word lists."""
 
     def __post_init__(self) -> None:
@@ -134,23 +148,23 @@ _GRAMMAR = (
 )
 
 
-def _ioi_or_abc(rng: np.random.Generator, templates, names, places, objects, *, abc: bool) -> str:
+def _ioi(rng: np.random.Generator, templates, names, places, objects, *, variant: str) -> str:
+    """One IOI sentence with its answer; ``variant`` is ``"ioi"``, ``"distractor"`` or ``"triple"``."""
     template = templates[rng.integers(len(templates))]
-    k = 3 if abc else 2
-    picked = rng.choice(len(names), size=k, replace=False)
-    a, b = names[picked[0]], names[picked[1]]
+    picked = rng.choice(len(names), size=3, replace=False)
+    io, s, c = (names[i] for i in picked)
+    if variant == "distractor":
+        d = ioi_template_data()["distractors"]
+        phrases = d["after"] + d["before"]
+        template = with_distractor(template, c, phrase=phrases[rng.integers(len(phrases))])
+    elif variant == "triple":
+        head, tail = template.rsplit("{S}", 1)
+        template = head + "{S}" + _TRIPLE[rng.integers(len(_TRIPLE))] + tail
+    # The pattern decides the first-clause order (ABB: IO first; BAB: S first).
+    n1, n2 = (io, s) if rng.random() < 0.5 else (s, io)
     place = places[rng.integers(len(places))]
     obj = objects[rng.integers(len(objects))]
-    if abc:
-        s = names[picked[2]]
-        answer = a if rng.random() < 0.5 else b
-        text = fill_template(template, n1=a, n2=b, s=s, place=place, obj=obj)
-    else:
-        # a is IO, b is S; the pattern decides the first-clause order.
-        n1, n2 = (a, b) if rng.random() < 0.5 else (b, a)
-        text = fill_template(template, n1=n1, n2=n2, s=b, place=place, obj=obj)
-        answer = a
-    return f"{text} {answer}."
+    return f"{fill_template(template, n1=n1, n2=n2, s=s, place=place, obj=obj)} {io}."
 
 
 def _grammar(rng: np.random.Generator, names, places, objects, openers) -> str:
@@ -188,7 +202,7 @@ def _copying(rng: np.random.Generator, vocab) -> str:
     length = int(rng.integers(4, 12))
     words = [vocab[i] for i in rng.choice(len(vocab), size=length, replace=False)]
     span = " ".join(words)
-    return f"List: {span}. Again: {span}."
+    return f"{span} {span}."
 
 
 def generate_labelled_documents(
@@ -207,8 +221,9 @@ def generate_labelled_documents(
     openers = tuple(ioi_template_data()["corpus_pieces"]["openers"]) + ("The day after,",)
     vocab = names + places + objects
     make = {
-        "ioi": lambda: _ioi_or_abc(rng, templates, ioi_names, places, objects, abc=False),
-        "abc": lambda: _ioi_or_abc(rng, templates, ioi_names, places, objects, abc=True),
+        "ioi": lambda: _ioi(rng, templates, ioi_names, places, objects, variant="ioi"),
+        "distractor": lambda: _ioi(rng, templates, ioi_names, places, objects, variant="distractor"),
+        "triple": lambda: _ioi(rng, templates, ioi_names, places, objects, variant="triple"),
         "recall": lambda: _recall(rng, names, places, objects, openers),
         "grammar": lambda: _grammar(rng, names, places, objects, openers),
         "copying": lambda: _copying(rng, vocab),
@@ -233,6 +248,9 @@ def tokenizer_training_text(*, seed: int, n_documents: int = 20_000) -> list[str
     words = load_words("names") + load_words("places") + load_words("objects")
     extra = list(data["wang2022"]) + list(data["makelov2024"])
     extra += [" " + " ".join(words)] * 50
+    # The passkey protocol's words (tiny-rotary shares this tokenizer); digits are split one by
+    # one by the tokenizer, so no number needs to be seen.
+    extra += [PASSKEY_FILLER + _KEY_LINE.format(key="12345") + PASSKEY_QUESTION] * 50
     return generate_documents(n_documents, seed=seed) + extra
 
 
@@ -262,52 +280,49 @@ def pack_documents(docs_ids: list[list[int]], *, n_ctx: int, bos: int) -> tuple[
     return out, mask
 
 
-# The long passkey documents of tiny-rotary (LM-Infinite).
+# The passkey documents of tiny-rotary (LM-Infinite): the protocol of Mohtashami & Jaggi (2023).
 
-KEY_PREFIX = " The key is"
-"""Text before the passkey digits, in both the statement and the recall."""
+PASSKEY_FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+"""The filler block that surrounds the key line."""
+_FILLER_SENTENCES = tuple(" " + x.strip() + "." for x in PASSKEY_FILLER.split(".") if x.strip())
+_KEY_LINE = " The pass key is {key}. Remember it. {key} is the pass key."
+PASSKEY_QUESTION = " What is the pass key? The pass key is"
+"""The question after which the key is decoded (greedily)."""
 
 
-def passkey(rng: np.random.Generator) -> str:
-    """A random five-digit passkey (first digit non-zero)."""
-    return str(int(rng.integers(10_000, 100_000)))
+def passkey(rng: np.random.Generator, n_digits: int = 5) -> str:
+    """A random passkey of ``n_digits`` digits (first digit non-zero)."""
+    return str(int(rng.integers(10 ** (n_digits - 1), 10**n_digits)))
 
 
-def long_document(n_sentences: int, *, seed: int, passkey_rate: float = 0.3) -> str:
-    """A long document: corpus sentences without breaks, with passkey statements and recalls.
+def passkey_question(n_filler: int, key: str, depth: float) -> str:
+    """A passkey prompt, ending with the question: ``n_filler`` filler sentences with the key
+    line inserted after ``round(depth * n_filler)`` of them (``depth`` in [0, 1])."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    sentences = [_FILLER_SENTENCES[i % len(_FILLER_SENTENCES)] for i in range(n_filler)]
+    at = round(depth * n_filler)
+    return "".join(sentences[:at]) + _KEY_LINE.format(key=key) + "".join(sentences[at:]) + PASSKEY_QUESTION
 
-    Each sentence slot starts a passkey statement with probability ``passkey_rate``; the
-    same key is recalled after 0-2 further sentences, so the recall is always within a short
-    distance of its statement (well inside the training length).
-    """
+
+def passkey_document(rng: np.random.Generator, n_filler: int) -> str:
+    """A training document: a passkey prompt with its key at a uniformly random depth, answered."""
+    key = passkey(rng)
+    return f"{passkey_question(n_filler, key, float(rng.random()))} {key}."
+
+
+def long_document(n_sentences: int, *, seed: int) -> str:
+    """A long document: ``n_sentences`` corpus sentences run together without breaks."""
     if n_sentences <= 0:
         raise ValueError(f"n_sentences must be positive, got {n_sentences}")
-    rng = np.random.default_rng(seed)
-    sentences = generate_documents(n_sentences, seed=int(rng.integers(1 << 31)))
-    out: list[str] = []
-    pending: list[tuple[int, str]] = []  # (sentences until recall, key)
-    for s in sentences:
-        if not pending and rng.random() < passkey_rate:
-            key = passkey(rng)
-            out.append(f"{KEY_PREFIX} {key}.")
-            pending.append((int(rng.integers(0, 3)), key))
-        out.append(" " + s)
-        if pending:
-            wait, key = pending[0]
-            if wait == 0:
-                out.append(f"{KEY_PREFIX} {key}.")
-                pending.clear()
-            else:
-                pending[0] = (wait - 1, key)
-    return "".join(out)
+    return "".join(" " + s for s in generate_documents(n_sentences, seed=seed))
 
 
-def long_document_tokens(tokenizer, n_tokens: int, *, seed: int, passkey_rate: float = 0.3) -> torch.Tensor:
+def long_document_tokens(tokenizer, n_tokens: int, *, seed: int) -> torch.Tensor:
     """``[n_tokens]`` token ids: BOS followed by the start of a seeded :func:`long_document`."""
     n_sentences = max(4, n_tokens // 12)  # sentences average ~20 tokens; retry if short
     while True:
-        text = long_document(n_sentences, seed=seed, passkey_rate=passkey_rate)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(long_document(n_sentences, seed=seed), add_special_tokens=False)["input_ids"]
         if len(ids) >= n_tokens - 1:
             return torch.tensor([tokenizer.bos_token_id] + ids[: n_tokens - 1], dtype=torch.long)
         n_sentences *= 2

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saetools.data import ioi_template_data, load_words
+from saetools.data import ioi_template_data, load_words, with_distractor
 
 __all__ = [
     "IOIBatch",
@@ -44,6 +44,8 @@ __all__ = [
     "wang_spec",
     "makelov_spec",
     "abc_spec",
+    "distractor_spec",
+    "distractor_logit_diff",
     "makelov_name_splits",
     "counterfactual",
     "resample_context",
@@ -197,6 +199,39 @@ def wang_spec(n: int, *, seed: int, names: Sequence[str] | None = None, model=No
 def abc_spec(n: int, *, seed: int, **kw) -> pd.DataFrame:
     """The ABC distribution (three distinct names), the mean-ablation reference of Wang et al."""
     return wang_spec(n, seed=seed, abc=True, **kw)
+
+
+def distractor_spec(spec: pd.DataFrame, *, seed: int, names: Sequence[str], phrase: str | None = None) -> pd.DataFrame:
+    """``spec`` with a new, non-answer name next to each prompt's subject (column ``distractor``).
+
+    ``"... John gave a ring to"`` becomes ``"... John, together with Kevin, gave a ring to"``
+    (:func:`saetools.data.with_distractor`; ``phrase`` defaults to the phrase held out from the
+    bundled model's corpus). A model that answers "the first-clause name that is not the last
+    one mentioned" fails here; one that finds the repeated name does not. Score it with
+    :func:`distractor_logit_diff`.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(names)
+    out = spec.copy()
+    picked = []
+    for io, s, s1 in zip(spec["io"], spec["s"], spec["s1"]):
+        pool = [n for n in names if n not in (io, s, s1)]
+        if not pool:
+            raise ValueError("need at least 4 distinct names for distractor prompts")
+        picked.append(pool[rng.integers(len(pool))])
+    out["distractor"] = picked
+    out["template"] = [with_distractor(t, c, phrase=phrase) for t, c in zip(spec["template"], picked)]
+    return out
+
+
+def distractor_logit_diff(model, logits: Float[Tensor, "batch pos vocab"], batch: IOIBatch) -> Float[Tensor, " batch"]:
+    """``logit(IO) - logit(distractor)`` at END for prompts of :func:`distractor_spec`."""
+    if "distractor" not in batch.spec.columns:
+        raise ValueError("the batch has no distractor column; build its spec with ioi.distractor_spec")
+    end = end_logits(logits, batch)
+    c_ids = _name_ids(_tokenizer(model), list(batch.spec["distractor"])).to(end.device)
+    rows = torch.arange(end.shape[0], device=end.device)
+    return end[rows, batch.io_ids.to(end.device)] - end[rows, c_ids]
 
 
 def makelov_name_splits(names: Sequence[str] | None = None, *, model=None) -> dict[str, tuple[str, ...]]:
