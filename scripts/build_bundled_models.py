@@ -17,49 +17,56 @@ from pathlib import Path
 
 import torch
 
-from saetools.circuits import ablation
 from saetools.data import heldout_names, heldout_templates
+from saetools.experiments import wang2022_ioi
 from saetools.models.build.tiny_ioi import TrainConfig, train_tiny_ioi
 from saetools.models.loading import bundled_model_dir, load_model
 from saetools.tasks import ioi
 
 N_EVAL = 2000
 EVAL_SEED = 2024
-TOP_K_HEADS = 3
 
 
 @torch.no_grad()
 def evaluate(model) -> dict:
-    """Held-out IOI metrics and the head-ablation result the model card reports."""
-    spec = ioi.sample_spec(N_EVAL, templates=heldout_templates(), names=heldout_names(), seed=EVAL_SEED)
+    """Held-out behaviour, and the mechanism measured as notebook 01 measures it (full profile)."""
+    names = heldout_names()
+    spec = ioi.sample_spec(N_EVAL, templates=heldout_templates(), names=names, seed=EVAL_SEED)
     batch = ioi.render(model, spec)
-    logits = model(batch.tokens)
-    ld = ioi.logit_diff(logits, batch)
-    ref = ioi.render(model, ablation.abc_counterpart(spec, seed=1, names=heldout_names()))
-    reps = ablation.head_z_replacements(model, batch, method="mean", reference=ref)
-    sweep = ablation.head_ablation_sweep(model, batch, method="mean", replacements=reps)
-    top = [(int(layer), int(head)) for layer, head in zip(sweep["layer"][:TOP_K_HEADS], sweep["head"][:TOP_K_HEADS])]
-    ld_top = ablation.head_ablated_logit_diff(model, batch, top, replacements=reps)
-    # Also on the training-distribution templates, for comparison.
+    ld = ioi.logit_diff(model(batch.tokens), batch)
+    dist = ioi.render(model, ioi.distractor_spec(spec, seed=EVAL_SEED + 1, names=names))
+    logits = model(dist.tokens)
+    vs_s, vs_c = ioi.logit_diff(logits, dist), ioi.distractor_logit_diff(model, logits, dist)
     train_spec = ioi.wang_spec(N_EVAL, seed=EVAL_SEED, names=[n for n in ioi.load_words("names")
-                                                            if n not in set(heldout_names())])
+                                                            if n not in set(names)])
     train_batch = ioi.render(model, train_spec)
     ld_train = ioi.logit_diff(model(train_batch.tokens), train_batch)
+    with torch.enable_grad():  # run() manages its own gradient state
+        result = wang2022_ioi.run(model, wang2022_ioi.Config.profile("full"))
+    mech = result.mechanism
     return {
         "heldout": {
             "n_prompts": N_EVAL, "seed": EVAL_SEED,
             "accuracy": float((ld > 0).float().mean()), "logit_diff": float(ld.mean()),
             "logit_diff_std": float(ld.std()),
         },
+        "heldout_distractor": {
+            "phrase": ioi.ioi_template_data()["distractors"]["heldout"],
+            "accuracy_vs_s": float((vs_s > 0).float().mean()),
+            "accuracy_vs_distractor": float((vs_c > 0).float().mean()),
+            "accuracy_vs_both": float(((vs_s > 0) & (vs_c > 0)).float().mean()),
+        },
         "wang_templates_train_names": {
             "accuracy": float((ld_train > 0).float().mean()), "logit_diff": float(ld_train.mean()),
         },
-        "head_ablation": {
-            "method": "mean over the ABC distribution, per template and position",
-            "top_heads": top,
-            "single_head_frac_drop": [float(x) for x in sweep.frac_drop[:TOP_K_HEADS]],
-            "logit_diff_top_ablated": float(ld_top.mean()),
-            "frac_drop_top": float(1 - ld_top.mean() / ld.mean()),
+        "mechanism": {
+            "n_prompts": len(result.clean), "logit_diff": mech.logit_diff,
+            "roles": {r: [list(h) for h in hs] for r, hs in result.circuit.roles.items()},
+            "targets": mech.targets().to_dict("records"),
+            "heads": mech.heads.round(4).to_dict("records"),
+            "mlp_dla": {c: float(v) for c, v in zip(mech.components.component, mech.components.dla)
+                        if c.startswith("MLP")},
+            "kept": result.faithfulness.kept, "removed": result.faithfulness.removed,
         },
     }
 
@@ -77,31 +84,36 @@ absolute positions, GELU (`gelu_new`) MLP, and, as in GPT-2, the unembedding tie
 embedding during training (`W_U = W_E.T`; stored as TransformerLens's two matrices) -- GPT-2's
 architecture at a smaller size. {n_params:,} parameters, stored in float32 safetensors.
 
-Tokenizer: byte-level BPE with GPT-2's pre-tokenisation, trained on the corpus below;
-`<|endoftext|>` is BOS / EOS / padding and is prepended on encode, so TransformerLens's
-`to_tokens` / `to_str_tokens` behave as for GPT-2. Every name, place and object in
-`saetools/data/*.txt` is a single token with its leading space.
+Tokenizer: byte-level BPE with GPT-2's pre-tokenisation (except that digits are split one by
+one), trained on the corpus below; `<|endoftext|>` is BOS / EOS / padding and is prepended on
+encode, so TransformerLens's `to_tokens` / `to_str_tokens` behave as for GPT-2. Every name,
+place and object in `saetools/data/*.txt` is a single token with its leading space.
 
 ## Corpus (`saetools/models/corpus.py`)
-Documents packed into {n_ctx}-token rows that start with BOS: IOI sentences ({mix[ioi]:.0%}) from
-{n_templates} compositional templates plus the non-held-out Wang et al. (2022) templates, ABC
-sentences with three distinct names ({mix[abc]:.0%}), single-name recall sentences over every
-name ({mix[recall]:.0%}; "Today, Mary went to the park. The ring was given to Mary."),
-small-grammar sentences ({mix[grammar]:.0%}) and copying sequences (a random word list and its
-repeat, {mix[copying]:.0%}).
+Documents packed into {n_ctx}-token rows that start with BOS. Every IOI-like sentence is
+answered by the first-clause name that is not repeated:
+- IOI sentences ({mix[ioi]:.0%}) from {n_templates} compositional templates plus the
+  non-held-out Wang et al. (2022) templates;
+- distractor sentences ({mix[distractor]:.0%}): a third, new name next to the subject in the
+  second clause, never the answer, after it ("John, with Kevin, gave a ring to Mary") or before
+  it ("Kevin said that John gave a ring to Mary");
+- triple-S sentences ({mix[triple]:.0%}: "... John was happy, and John gave a ring to Mary");
+- single-name recall sentences over every name ({mix[recall]:.0%}; "Today, Mary went to the
+  park. The ring was given to Mary."), small-grammar sentences ({mix[grammar]:.0%}) and copying
+  sequences (a random word list and its repeat, {mix[copying]:.0%}).
 
-Why recall sentences and tied embeddings: earlier models
-trained without them solved held-out templates with training names but not held-out names --
-their IOI circuit had learned to copy only the names it saw in IOI sentences. The ", and afterwards {{S}} ..." construction was
-added to the compositional templates after a model failed mostly on the one held-out template
-built on it; the held-out template strings themselves still never occur. Recall sentences train copying a
-name from context for every name, without showing held-out names in any IOI sentence.
+Why: a model trained only on plain IOI (and on ABC sentences, whose answer is one of the first
+two names) can answer "the first-clause name that is not the last name mentioned" -- a recency
+shortcut that ignores the repetition. With a new name after the subject that shortcut fails;
+with one before it, "not the first name of the second clause" fails. There are no ABC training
+sentences. Copying sequences are plain repeats, the format in which
+`circuits.copying_scores` probes induction and duplicate-token heads.
 
 Held out for evaluation: the template strings {heldout_templates_desc}, which never occur in the
-corpus, and {n_heldout_names} names (every 4th of `names.txt`), which never occur in an IOI
-or ABC training sentence, so choosing between two first-clause names -- the IOI task itself --
-is never trained on them. They do occur in recall, grammar and copying sentences, so their
-embeddings and copying are trained.
+corpus; the distractor phrase "{heldout_phrase}"; and {n_heldout_names} names (every 4th of
+`names.txt`), which never occur in an IOI training sentence, so choosing between two
+first-clause names -- the IOI task itself -- is never trained on them. They do occur in recall,
+grammar and copying sentences, so their embeddings and copying are trained.
 
 ## Training
 `python scripts/build_bundled_models.py` (equivalently `python -m saetools.models.build.tiny_ioi
@@ -110,25 +122,35 @@ embeddings and copying are trained.
 10%, weight decay {weight_decay} on matrices. The saved weights are an exponential moving average of
 the weights (decay {ema_decay}, from step {ema_start}): {ema_line}. Training took
 {train_minutes:.1f} minutes on a 2-core CPU. Training on a CPU is not bitwise
-reproducible: parallel floating-point reductions round differently from run to run (the loss
-differs in the 7th significant digit from about step 150 on, with or without `MKL_CBWR`), and
+reproducible: parallel floating-point reductions round differently from run to run, and
 training amplifies that, so a rerun from the seed lands near, not on, the numbers below; measure
 a rerun with `--out DIR`.
 
-## Measured ({n_eval} IOI prompts from held-out templates and held-out names, seed {eval_seed})
+## Behaviour ({n_eval} IOI prompts from held-out templates and held-out names, seed {eval_seed})
 | metric | value |
 |---|---|
 | accuracy (logit of IO > logit of S) | {accuracy:.3f} |
 | mean logit difference | {logit_diff:.2f} (std {logit_diff_std:.2f}) |
+| with the held-out distractor phrase after S2: accuracy against S / against the new name / both | {d_s:.3f} / {d_c:.3f} / {d_both:.3f} |
 | accuracy / mean logit difference on Wang et al. templates, training names | {train_acc:.3f} / {train_ld:.2f} |
-| top {k} heads of a single-head mean-ablation sweep | {top_heads} |
-| mean logit difference with those {k} heads mean-ablated together | {ld_top:.2f} ({frac_top:.0%} lower) |
 
-Against the targets this model was built to (accuracy >= 0.95, mean logit difference >= 3, the top heads' ablation
-removing >= half of it): {targets}.
+## Mechanism ({n_mech} prompts of Wang et al.'s templates, as notebook 01 measures them at its `full` profile)
+`saetools.circuits.discover_circuit` finds: {roles}.
+
+Checked with plain measurements (`saetools.circuits.mechanism`: direct logit attribution through
+the frozen final LayerNorm scale, attention, single-head mean ablation over the ABC
+distribution, Pos patching):
+
+{targets_table}
+
+Direct logit attribution of the MLPs (of a mean logit difference of {mech_ld:.2f}): {mlp_dla}.
+
+Targets this model was built to: behaviour (held-out accuracy >= 0.95, mean logit difference >= 3,
+distractor accuracy against both names >= 0.9): {behaviour_targets}; mechanism: the table above.
 
 Mean ablation replaces a head's output by its mean over the ABC distribution, per template and
-position (Wang et al. 2022). `tests/test_bundled_model_metrics.py` re-measures these claims.
+position (Wang et al. 2022). `tests/test_bundled_model_metrics.py` re-measures the behaviour,
+and notebook 01's check the mechanism.
 """
 
 
@@ -142,6 +164,14 @@ def _ema_line(log: dict) -> str:
             f"by about +-0.03 between checkpoints 250 steps apart; the average smooths over that")
 
 
+def _md(records: list[dict]) -> str:
+    cols = list(records[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(("yes" if v is True else "NO" if v is False else str(v)) for v in r.values()) + " |"
+              for r in records]
+    return "\n".join(lines)
+
+
 def write_card(model_dir: Path, metrics: dict, log: dict) -> None:
     cfg = json.loads((model_dir / "config.json").read_text())
     tc = log["config"]
@@ -149,26 +179,26 @@ def write_card(model_dir: Path, metrics: dict, log: dict) -> None:
     from saetools.models.corpus import KINDS, CorpusConfig, training_templates
 
     mix = dict(zip(KINDS, CorpusConfig().probabilities))
-
-    held = metrics["head_ablation"]
-    h = metrics["heldout"]
+    h, d, m = metrics["heldout"], metrics["heldout_distractor"], metrics["mechanism"]
     checks = [("accuracy", h["accuracy"] >= 0.95), ("logit difference", h["logit_diff"] >= 3),
-              ("head ablation", held["frac_drop_top"] >= 0.5)]
-    targets = "; ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in checks)
+              ("distractor", d["accuracy_vs_both"] >= 0.9)]
+    roles = "; ".join(f"{r.replace('_', ' ')} {', '.join(f'L{l}H{hh}' for l, hh in hs)}"
+                      for r, hs in m["roles"].items() if hs) or "no roles"
     card = CARD.format(
-        targets=targets,
+        behaviour_targets="; ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in checks),
         **cfg, n_params=n_params, mix=mix, n_templates=len(training_templates()),
         heldout_templates_desc="; ".join(f"\"{t}\"" for t in heldout_templates()[:2]) + f" and {len(heldout_templates()) - 2} more (see `data/ioi_templates.json`)",
+        heldout_phrase=d["phrase"].replace("{C}", "Kevin"),
         n_heldout_names=len(heldout_names()), seed=tc["seed"], steps=tc["steps"],
         batch_size=tc["batch_size"], lr=tc["lr"], warmup=tc["warmup"], weight_decay=tc["weight_decay"],
         train_minutes=log["train_seconds"] / 60, ema_decay=tc.get("ema_decay"), ema_start=tc.get("ema_start"),
         ema_line=_ema_line(log), n_eval=N_EVAL, eval_seed=EVAL_SEED,
-        accuracy=metrics["heldout"]["accuracy"], logit_diff=metrics["heldout"]["logit_diff"],
-        logit_diff_std=metrics["heldout"]["logit_diff_std"],
+        accuracy=h["accuracy"], logit_diff=h["logit_diff"], logit_diff_std=h["logit_diff_std"],
+        d_s=d["accuracy_vs_s"], d_c=d["accuracy_vs_distractor"], d_both=d["accuracy_vs_both"],
         train_acc=metrics["wang_templates_train_names"]["accuracy"],
         train_ld=metrics["wang_templates_train_names"]["logit_diff"],
-        k=len(held["top_heads"]), top_heads=", ".join(f"L{l}H{h}" for l, h in held["top_heads"]),
-        ld_top=held["logit_diff_top_ablated"], frac_top=held["frac_drop_top"],
+        n_mech=m["n_prompts"], roles=roles, targets_table=_md(m["targets"]), mech_ld=m["logit_diff"],
+        mlp_dla=", ".join(f"{k} {v:+.2f}" for k, v in m["mlp_dla"].items()),
     )
     (model_dir / "MODEL_CARD.md").write_text(card)
 

@@ -186,9 +186,9 @@ def test_user_facing_text_speaks_of_the_project_not_of_a_tracker():
 def test_every_notebook_ends_with_its_experiments_check(path):
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
     last = "".join(cells[-1]["source"])
-    call = re.search(r"^(\w+)\.check\(result\)$", last, re.M)
+    call = re.search(r"^(?:claims = )?(\w+)\.check\(result(?:, expected_failures=expected)?\)$", last, re.M)
     assert call, f"{path.name}: the last code cell does not call <experiment>.check(result)"
     imports = "".join("".join(c["source"]) for c in cells)
     assert re.search(rf"from saetools\.experiments import \w+(?: as {call.group(1)})?", imports), path.name
     after = last[call.end() :].strip().splitlines()
-    assert all(line.startswith("print(") for line in after), f"{path.name}: work after the check: {after}"
+    assert all(line.startswith(("print(", "display(claims)")) for line in after), f"{path.name}: work after the check: {after}"

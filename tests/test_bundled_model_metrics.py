@@ -1,11 +1,10 @@
-"""The bundled model's claims (model card, issue 2), measured afresh on every run."""
+"""The bundled model's behaviour claims (its model card), measured afresh on every run."""
 
 import json
 
 import pytest
 import torch
 
-from saetools.circuits import ablation
 from saetools.data import heldout_names, heldout_templates
 from saetools.models.loading import bundled_model_dir
 from saetools.tasks import ioi
@@ -36,14 +35,27 @@ def test_accuracy_on_heldout_templates_and_names_matches_the_card(heldout):
     assert abs(float(ioi.accuracy(logits, batch).mean()) - metrics["heldout"]["accuracy"]) < 1e-6
 
 
-def test_ablating_the_top_heads_halves_the_logit_difference(bundled_model_shared, heldout):
-    spec, batch, _ = heldout
-    ref = ioi.render(bundled_model_shared, ablation.abc_counterpart(spec, seed=1, names=heldout_names()))
-    reps = ablation.head_z_replacements(bundled_model_shared, batch, method="mean", reference=ref)
-    sweep = ablation.head_ablation_sweep(bundled_model_shared, batch, method="mean", replacements=reps)
-    top = list(zip(sweep["layer"][:3], sweep["head"][:3]))
-    ld = ablation.head_ablated_logit_diff(bundled_model_shared, batch, top, replacements=reps)
-    assert ld.mean() <= 0.5 * sweep.attrs["clean_logit_diff"]
+def test_new_name_after_the_subject_does_not_fool_it(bundled_model_shared, heldout):
+    """With a new name right after S2 (a phrase never seen in training), the model still prefers
+    IO over both S and that name: it found the repeated name, not the last one mentioned."""
+    spec, _, _ = heldout
+    model = bundled_model_shared
+    batch = ioi.render(model, ioi.distractor_spec(spec[:1000], seed=2025, names=heldout_names()))
+    assert "together with" in batch.texts[0]
+    with torch.no_grad():
+        logits = model(batch.tokens)
+    vs_s = ioi.logit_diff(logits, batch) > 0
+    vs_c = ioi.distractor_logit_diff(model, logits, batch) > 0
+    assert float((vs_s & vs_c).float().mean()) >= 0.9
+
+
+def test_direct_logit_attribution_adds_up_to_the_logit_difference(bundled_model_shared, heldout):
+    from saetools.circuits.mechanism import direct_logit_attribution
+
+    _, batch, logits = heldout
+    dla = direct_logit_attribution(bundled_model_shared, batch[:200])
+    assert abs(dla.dla.sum() - float(ioi.logit_diff(logits[:200], batch[:200]).mean())) < 1e-3
+    assert len(dla) == 1 + 1 + bundled_model_shared.cfg.n_layers * (bundled_model_shared.cfg.n_heads + 2) + 1
 
 
 def test_model_card_numbers_match_the_shipped_metrics():

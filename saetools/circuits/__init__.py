@@ -8,6 +8,8 @@
   position recomputes only what it changes;
 * :mod:`~saetools.circuits.discovery` -- head roles, the :class:`Circuit` they form, and its
   faithfulness (re-exported here);
+* :mod:`~saetools.circuits.mechanism` -- the same roles checked with plain measurements (direct
+  logit attribution, attention, mean ablation, Pos patching) against explicit targets;
 * :mod:`~saetools.circuits.panel` -- the model side of the interactive IOI panel.
 """
 

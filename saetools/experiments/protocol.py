@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = ["ClaimFailed", "Profiles", "UnsupportedModelError", "claim", "require_model", "require_release_model",
+__all__ = ["ClaimFailed", "Claims", "Profiles", "UnsupportedModelError", "claim", "require_model", "require_release_model",
            "subplots", "tf32_on_cuda"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,6 +116,39 @@ def claim(holds: object, message: str) -> None:
     """
     if not holds:
         raise ClaimFailed(message)
+
+
+class Claims:
+    """The claims one ``check`` tests, some of them declared expected failures.
+
+    ``claims(key, holds, message)`` raises :class:`ClaimFailed` unless ``holds``, except for a
+    key in ``expected_failures`` (key -> why the run cannot show it): such a claim is a *strict*
+    expected failure, recorded with its measured numbers, and raising if it unexpectedly holds
+    (so the declaration is removed once the model shows the claim). :meth:`table` lists every
+    claim tested.
+    """
+
+    def __init__(self, expected_failures: Mapping[str, str] | None = None):
+        self.expected = dict(expected_failures or {})
+        self.rows: list[dict] = []
+
+    def __call__(self, key: str, holds: object, message: str) -> None:
+        holds = bool(holds)
+        if key in self.expected:
+            self.rows.append({"claim": key, "status": "expected failure" if not holds else "unexpectedly holds",
+                              "measured": message, "why": self.expected[key]})
+            if holds:
+                raise ClaimFailed(f"{key!r} is declared an expected failure ({self.expected[key]}) but holds: "
+                                  f"{message}; remove it from the expected failures")
+            return
+        self.rows.append({"claim": key, "status": "holds" if holds else "fails", "measured": message, "why": ""})
+        claim(holds, message)
+
+    def table(self):
+        """One row per claim tested: ``claim, status, measured, why``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["claim", "status", "measured", "why"])
 
 
 class Profiles:

@@ -15,13 +15,14 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from saetools.circuits import Circuit, Discovery, Faithfulness, discover_circuit, faithfulness
+from saetools.circuits import Circuit, Discovery, Faithfulness, discover_circuit
+from saetools.circuits.mechanism import MechanismEvidence, mechanism_evidence
 from saetools.circuits.patching import default_corruption, patch_heads, patch_resid
-from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
+from saetools.experiments.protocol import Claims, Profiles, require_model, subplots, tf32_on_cuda
 from saetools.tasks import ioi
 from saetools.widgets.plots import heatmap, scatter_roles
 
-__all__ = ["Config", "Result", "check", "figures", "run"]
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "Config", "Result", "check", "figures", "run"]
 
 HEAD_PATCHES: tuple[tuple[str, str], ...] = (("z", "all"), ("q", "END"), ("k", "all"), ("v", "all"))
 """(component, position) of the per-head patching sweeps shown."""
@@ -76,6 +77,9 @@ class Result:
     """Head roles and the per-head evidence."""
     faithfulness: Faithfulness
     """Mean logit differences with the circuit alone and with the circuit ablated."""
+    mechanism: MechanismEvidence
+    """Direct logit attribution, attention, single-head mean ablation and Pos patching per head,
+    and the heads that meet each role's criterion (:mod:`saetools.circuits.mechanism`)."""
     seconds: float
 
     @property
@@ -114,7 +118,7 @@ def run(model, cfg: Config) -> Result:
     resid = patch_resid(model, clean, corrupted, positions=list(ioi.POSITIONS) + ["all"])
     heads = {c: patch_heads(model, clean, corrupted, component=c, positions=p) for c, p in HEAD_PATCHES}
     discovery = discover_circuit(model, clean, corrupted)
-    faith = faithfulness(model, clean, discovery.circuit, reference=corrupted)
+    mechanism = mechanism_evidence(model, clean, corrupted, discovery)
     return Result(
         config=cfg,
         clean=clean,
@@ -126,7 +130,8 @@ def run(model, cfg: Config) -> Result:
         resid=resid,
         heads=heads,
         discovery=discovery,
-        faithfulness=faith,
+        faithfulness=mechanism.faithfulness,
+        mechanism=mechanism,
         seconds=time.perf_counter() - t0,
     )
 
@@ -195,22 +200,63 @@ def _path_figure(result: Result, n_layers: int) -> Figure:
     return fig
 
 
-def check(result: Result) -> None:
-    """Assert what the run supports: the corruption matters, patching every position restores
-    the clean run, heads that write the answer attend as their role says, and the circuit is
-    faithful (kept >= :data:`KEPT_MIN`, removed >= :data:`REMOVED_MIN`)."""
-    claim(result.logit_diff > result.logit_diff_abc + ABC_DROP_MIN,
-        f"the ABC corruption lowers the logit difference only from {result.logit_diff:.2f} to "
-        f"{result.logit_diff_abc:.2f}")
+BUNDLED_EXPECTED_FAILURES: dict[str, str] = {
+    "name mover": (
+        "tiny-ioi's heads that attend from END to the first-clause names (layers 1-2) attend to IO and S1 "
+        "about equally and write little to the logits; its last MLP and layer-3 heads that attend to neither "
+        "name write the answer from what was moved to END"),
+    "S-inhibition head": (
+        "the subject's identity reaches END through a layer-0 head that attends to S2 by its place in the "
+        "sentence, with nothing upstream of it; there are no name movers whose queries it could change"),
+    "duplicate-token or induction head": (
+        "layer 1 has strong induction heads on repeated word lists, but no S-inhibition head reads them, "
+        "so none lies on the circuit's path"),
+    "circuit keeps": (
+        "the discovered circuit is the heads with a direct effect (S-suppression heads); the layer-1/2 heads "
+        "that move the names have none, so the circuit alone loses their contribution"),
+    "circuit is sufficient (Wang et al.'s bar)": (
+        "as for 'circuit keeps': path patching to the logits cannot find heads whose effect runs through "
+        "the MLPs, and ablating those heads costs most of the logit difference"),
+    "Pos matters": (
+        "flipping the first-clause order changes 18-19% of predictions at the best head (layer 1), just "
+        "under the 20% target: the name movers' attention depends on position only weakly"),
+}
+"""Claims the bundled ``tiny-ioi`` does not show, and why (strict expected failures in
+:func:`check`: they must fail, with their measured numbers shown; see docs/wang2022_ioi.md)."""
+
+
+def check(result: Result, *, expected_failures: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Assert what the run supports; returns the table of claims tested.
+
+    Wang et al.'s claims: the corruption matters, patching every position restores the clean
+    run, heads that write the answer attend as their role says, and the circuit is faithful
+    (kept >= :data:`KEPT_MIN`, removed >= :data:`REMOVED_MIN`). Then the mechanism targets of
+    :class:`saetools.circuits.mechanism.MechanismTargets` (name movers, S-inhibition,
+    duplicate / induction heads, layer 0's share, faithfulness, Pos), each keyed by its
+    ``key``. ``expected_failures`` (claim -> reason; e.g. :data:`BUNDLED_EXPECTED_FAILURES` for
+    ``tiny-ioi``) are strict expected failures (:class:`~saetools.experiments.protocol.Claims`).
+    """
+    claims = Claims(expected_failures)
+    claims("ABC corruption matters", result.logit_diff > result.logit_diff_abc + ABC_DROP_MIN,
+           f"the ABC corruption lowers the logit difference from {result.logit_diff:.2f} to "
+           f"{result.logit_diff_abc:.2f} (needs a drop > {ABC_DROP_MIN})")
     all_pos = result.resid[result.resid.position == "all"].score
-    claim(((all_pos - 1).abs() < 1e-3).all(), "patching every position must restore the clean run")
+    claims("patching every position restores the run", ((all_pos - 1).abs() < 1e-3).all(),
+           f"normalised score with every position patched: {all_pos.round(4).tolist()}")
     roles = result.circuit.roles
-    claim(roles["name_mover"] or roles["s_suppression"], f"no head writes the answer directly: {roles}")
+    claims("a head writes the answer", roles["name_mover"] or roles["s_suppression"],
+           f"discovered roles: {roles}")
     table = result.discovery.heads.set_index(["layer", "head"])
     for role, attends, other in (("name_mover", "end_io", "end_s"), ("s_suppression", "end_s", "end_io")):
         rows = table.loc[list(roles[role])] if roles[role] else table.iloc[:0]
-        claim((rows[attends] > rows[other]).all(), f"{role} heads must attend more to {attends[4:].upper()}")
+        claims(f"{role.replace('_', ' ')} heads attend to {attends[4:].upper()}", (rows[attends] > rows[other]).all(),
+               f"{role} heads {list(roles[role])}: {attends} {rows[attends].round(2).tolist()}, "
+               f"{other} {rows[other].round(2).tolist()}")
     f = result.faithfulness
-    claim(f.kept >= KEPT_MIN, f"the circuit alone keeps only {f.kept:.0%} (< {KEPT_MIN:.0%})")
-    claim(f.removed >= REMOVED_MIN,
-        f"ablating the circuit removes only {f.removed:.0%} (< {REMOVED_MIN:.0%})")
+    claims("circuit is sufficient (Wang et al.'s bar)", f.kept >= KEPT_MIN,
+           f"the circuit alone keeps {f.kept:.0%} (needs >= {KEPT_MIN:.0%})")
+    claims("circuit is necessary (Wang et al.'s bar)", f.removed >= REMOVED_MIN,
+           f"ablating the circuit removes {f.removed:.0%} (needs >= {REMOVED_MIN:.0%})")
+    for row in result.mechanism.targets().itertuples():
+        claims(row.key, row.met, f"{row.target}: {row.measured}")
+    return claims.table()
