@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from saetools.experiments.han2023_lm_infinite import Config, check, run, target_status
+from saetools.experiments.han2023_lm_infinite import (
+    BUNDLED_EXPECTED_FAILURES,
+    Config,
+    check,
+    run,
+    target_status,
+)
 from saetools.models.build.tiny_rotary import RotaryTrainConfig, train_tiny_rotary
 from saetools.models.loading import bundled_model_dir, load_model
 
@@ -35,16 +41,21 @@ and LM-Infinite's Lambda mask + distance cap behave past the training length is 
 ## Architecture
 TransformerLens config: {n_layers} layers, d_model {d_model}, {n_heads} heads of d_head {d_head}
 (rotary_dim {rotary_dim}, GPT-NeoX pairing, base {rotary_base}), d_mlp {d_mlp}, LayerNorm, GELU,
-vocabulary {d_vocab} (the tiny-ioi byte-level BPE tokenizer). {n_params:,} parameters;
+vocabulary {d_vocab} (the tiny-ioi byte-level BPE tokenizer, which splits digits one by one and
+covers the passkey protocol's words). {n_params:,} parameters;
 `model.safetensors` is {size_mb:.2f} MB (float32, rotary tables included).
 `n_ctx = {n_ctx}` = {eval_factor} x the training length: TransformerLens grows its rotary table
 only up to n_ctx (docs/han2023_lm_infinite.md), and rotary positions have no parameters, so this is free.
 `train_seq_length = {train_ctx}` records the training length.
 
 ## Training
-Rows of {train_ctx} tokens: {rows_desc} (tiny-ioi corpus
-sentences run together without breaks, with a passkey pattern: `" The key is 48213."`
-recalled 0-2 sentences later, slot rate {passkey_rate}). {steps} AdamW steps of batch
+Rows of {train_ctx} tokens, each starting at BOS (as for models pretrained on documents, where
+attention sinks form; whether this one relies on them is measured below): the start of a long
+synthetic document (tiny-ioi corpus sentences run together), preceded in {passkey_pct:.0%} of
+rows by a passkey document in the protocol of Mohtashami & Jaggi (2023) that LM-Infinite
+evaluates: filler sentences ("The grass is green. The sky is blue. ..."), the line "The pass key
+is 48213. Remember it. 48213 is the pass key." after a uniformly random number of them, the
+question "What is the pass key? The pass key is" and the key. {steps} AdamW steps of batch
 {batch_size}, peak lr {lr}, seed {seed}; final training loss {final_loss:.3f} nats/token.
 Training took {train_seconds:.0f} s wall clock and {train_cpu_seconds} CPU seconds on the build
 machine (2 CPU cores shared with other jobs).
@@ -54,8 +65,9 @@ Mean next-token NLL (nats) in position bins; `in_length` is the bin [L/2, L), th
 
 {nll_table}
 
-Passkey retrieval (key stated {gap} tokens before its recall; all five digits top-1, teacher
-forced; {n_passkey} prompts per length):
+Passkey retrieval (the protocol above: the key line at a uniformly random depth of the filler,
+five digits decoded greedily, all correct; {n_passkey} prompts per length; `top-k` is LM-Infinite
+plus top-k middle-token attention, top-{top_k} from layer {top_k_from_layer}):
 
 {passkey_table}
 
@@ -68,8 +80,9 @@ PyTorch profiler's allocator events):
 
 {cost_table}
 
-Claims checked by `saetools.experiments.han2023_lm_infinite.check` (vanilla degrades, LM-Infinite far below
-vanilla at the largest factor, lean memory linear): {check}.
+Claims checked by `saetools.experiments.han2023_lm_infinite.check`: {check}.
+
+{claims_table}
 
 The length-generalisation target (LM-Infinite within {tol_pct:.0f}% of its in-length NLL at every factor up to
 {eval_factor}x), from `saetools.experiments.han2023_lm_infinite.target_status`: **{target}** (worst bin
@@ -92,10 +105,10 @@ def measure(run_dir: Path, log: dict, profile: str = "full") -> dict:
     model = load_model(str(run_dir), device="cpu")
     result = run(model, Config.profile(profile))
     try:
-        check(result)
-        status = "passed"
+        claims = check(result, expected_failures=BUNDLED_EXPECTED_FAILURES)
+        status = "passed (expected failures as listed)"
     except AssertionError as exc:
-        status = f"FAILED ({exc})"
+        claims, status = None, f"FAILED ({exc})"
     pk = result.passkey.pivot(index="length", columns="variant", values="accuracy")
     ent = result.entropy.pivot(index="length", columns="variant", values="entropy")
     cost = result.cost.pivot(index="length", columns="path", values=["seconds", "peak_mb"])
@@ -109,7 +122,8 @@ def measure(run_dir: Path, log: dict, profile: str = "full") -> dict:
         "nll_bins": result.nll_bins.to_dict("records"), "passkey": result.passkey.to_dict("records"),
         "entropy": result.entropy.to_dict("records"), "cost": result.cost.to_dict("records"),
         "check": status, "target": target_status(result),
-        "_tables": {"nll": _md(result.summary()), "passkey": _md(pk), "entropy": _md(ent), "cost": _md(cost)},
+        "_tables": {"nll": _md(result.summary()), "passkey": _md(pk), "entropy": _md(ent), "cost": _md(cost),
+                    "claims": "" if claims is None else _md(claims.set_index("claim"))},
     }
 
 
@@ -123,15 +137,13 @@ def write_card(out: Path, metrics: dict, log: dict, model_cfg: dict) -> None:
         train_cpu_seconds=("not recorded" if metrics["train_cpu_seconds"] is None
                            else f"{metrics['train_cpu_seconds']:.0f}"),
         profile=c["profile"], eval_seed=c["seed"], n_docs=c["n_docs"], max_len=c["max_len"],
-        gap=c["passkey_gap"], n_passkey=c["n_passkey"], train_ctx=c["train_ctx"],
+        n_passkey=c["n_passkey"], train_ctx=c["train_ctx"], top_k=c["top_k"],
+        top_k_from_layer=c["top_k_from_layer"], passkey_pct=log["config"]["passkey_frac"],
         nll_table=t["nll"], passkey_table=t["passkey"], entropy_table=t["entropy"],
-        cost_table=t["cost"], check=metrics["check"],
+        cost_table=t["cost"], check=metrics["check"], claims_table=t["claims"],
         target="met" if metrics["target"]["met"] else "NOT met",
         worst_ratio=metrics["target"]["worst_ratio"], worst_factor=metrics["target"]["worst_factor"],
         tol_pct=100 * metrics["target"]["tolerance"],
-        rows_desc=("BOS + a window at a random offset of one long synthetic token stream, so the "
-                   "token after BOS is usually mid-sentence" if log["config"].get("random_windows")
-                   else "BOS + the start of its own long synthetic document"),
     )
     card = CARD.format(**fields)
     (out / "MODEL_CARD.md").write_text(card)
@@ -143,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--from", dest="from_dir", default=None, help="measure an existing training run")
     p.add_argument("--seed", type=int, default=RotaryTrainConfig.seed)
     p.add_argument("--steps", type=int, default=RotaryTrainConfig.steps)
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the bundled tiny-ioi's)")
     p.add_argument("--profile", default="full", choices=["smoke", "full"], help="measurement size")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         run_dir = Path(tempfile.mkdtemp(prefix="tiny-rotary-"))
         train_tiny_rotary(RotaryTrainConfig(seed=a.seed, steps=a.steps), run_dir,
-                          tokenizer_dir=bundled_model_dir("tiny-ioi"))
+                          tokenizer_dir=a.tokenizer or bundled_model_dir("tiny-ioi"))
     log = json.loads((run_dir / "train_log.json").read_text())
     metrics = measure(run_dir, log, a.profile)
     out.mkdir(parents=True, exist_ok=True)

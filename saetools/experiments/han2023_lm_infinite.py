@@ -9,14 +9,14 @@ notebook ``07_han2023_lm_infinite.ipynb`` and by ``scripts/build_rotary_model.py
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
+from saetools.experiments.protocol import Claims, Profiles, require_model, subplots, tf32_on_cuda
 from saetools.lminfinite import LMInfiniteConfig
 from saetools.lminfinite.evaluation import (
     VARIANTS,
@@ -29,7 +29,8 @@ from saetools.lminfinite.evaluation import (
 )
 from saetools.models.corpus import long_document, long_document_tokens
 
-__all__ = ["Config", "Result", "run", "check", "target_status", "figures", "mask_only_demo"]
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "Config", "Result", "run", "check", "target_status", "passkey_at", "figures",
+           "mask_only_demo"]
 
 @dataclass(frozen=True, kw_only=True)
 class Config(Profiles):
@@ -39,7 +40,7 @@ class Config(Profiles):
     """Evaluation documents, each ``max_factor`` x the training length."""
     n_passkey: int = 10
     """Passkey prompts per length and variant."""
-    memory_lengths: tuple[int, ...] = (256, 512, 1024, 2048)
+    memory_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     """Lengths at which forward time and peak memory are measured (those above ``n_ctx`` are skipped)."""
     n_global: int = 4
     """Global-branch size of the method (the paper uses 10-100 at 2k-4k training length)."""
@@ -47,15 +48,20 @@ class Config(Profiles):
     """Local window = distance cap; default the model's training length (``cfg.train_seq_length``)."""
     max_factor: int = 32
     """Evaluate up to ``max_factor`` x the training length (capped by ``model.cfg.n_ctx``)."""
-    passkey_gap: int | None = None
-    """Tokens between the passkey statement and its recall (default: 3/8 of the training length)."""
+    passkey_max_factor: int = 4
+    """Passkey retrieval is measured at 1, 2, 4, ... x the training length, up to this factor."""
+    top_k: int = 5
+    """Top-k middle-token attention of the "top-k" passkey variant (the authors use 5)."""
+    top_k_from_layer: int | None = None
+    """First layer with top-k middle attention (default: the upper half, ``n_layers // 2``)."""
     seed: int = 0
     """Seeds the evaluation documents and passkeys."""
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "smoke": {},
-        "test": {"n_docs": 1, "n_passkey": 2, "memory_lengths": (256, 512), "max_factor": 4},
-        "full": {"n_docs": 16, "n_passkey": 50, "memory_lengths": (512, 1024, 2048, 4096)},
+        "smoke": {"max_factor": 16},
+        "test": {"n_docs": 1, "n_passkey": 2, "memory_lengths": (256, 512), "max_factor": 4,
+                 "passkey_max_factor": 2},
+        "full": {"n_docs": 16, "n_passkey": 50, "passkey_max_factor": 8},
     }
     """Named configurations: ``"smoke"`` (about a minute on a CPU) or ``"full"`` (more documents
     and passkey prompts)."""
@@ -68,6 +74,8 @@ class Config(Profiles):
             raise ValueError("Config.n_global must be >= 0")
         if self.max_factor < 2:
             raise ValueError("Config.max_factor must be >= 2")
+        if self.passkey_max_factor < 1 or self.top_k < 0:
+            raise ValueError("Config.passkey_max_factor must be >= 1 and Config.top_k >= 0")
 
 
 @dataclass
@@ -83,7 +91,8 @@ class Result:
     entropy: pd.DataFrame
     """Attention entropy: columns ``variant``, ``length``, ``entropy`` (nats)."""
     passkey: pd.DataFrame
-    """Passkey accuracy: columns ``variant``, ``length``, ``accuracy``, ``n``."""
+    """Passkey accuracy (greedy, key at a random depth): columns ``variant`` (``vanilla``,
+    ``both``, ``top-k``: both plus top-k middle attention), ``length``, ``accuracy``, ``n``."""
     cost: pd.DataFrame
     """Forward time and peak CPU tensor memory: ``path``, ``length``, ``seconds``, ``peak_mb``."""
     extra: dict = field(default_factory=dict)
@@ -136,22 +145,25 @@ def run(model, cfg: Config = Config()) -> Result:
     nll_rows, bins = [], []
     for v in VARIANTS:
         vcfg = variant_config(v, n_local=n_local, n_global=cfg.n_global)
-        nll = per_position_nll(model, docs, vcfg)
+        # the lean path where the variant masks (same numbers as the hooks, linear memory)
+        nll = per_position_nll(model, docs, vcfg, lean=vcfg is not None and vcfg.use_mask)
         nll_rows.append(pd.DataFrame({"variant": v, "position": range(len(nll)), "nll": nll.numpy()}))
         bins.append(binned_nll(nll, train_ctx).assign(variant=v))
     lengths = [train_ctx // 2 * 2**k for k in range(20) if train_ctx // 2 * 2**k <= max_len]
     both = variant_config("both", n_local=n_local, n_global=cfg.n_global)
     ent = [attention_entropy(model, docs[:1], lengths, c).assign(variant=v)
            for v, c in (("vanilla", None), ("both", both))]
-    gap = cfg.passkey_gap or 3 * train_ctx // 8
-    pk_lengths = [n for n in lengths if n >= 2 * gap]
-    pk = [passkey_accuracy(model, tok, pk_lengths, c, n=cfg.n_passkey, gap=gap, seed=cfg.seed)
-          .assign(variant=v) for v, c in (("vanilla", None), ("both", both))]
+    top_k_from = model.cfg.n_layers // 2 if cfg.top_k_from_layer is None else cfg.top_k_from_layer
+    top_k = replace(both, top_k=cfg.top_k, top_k_from_layer=top_k_from)
+    pk_lengths = [train_ctx * 2**k for k in range(20)
+                  if 2**k <= cfg.passkey_max_factor and train_ctx * 2**k <= model.cfg.n_ctx]
+    pk = [passkey_accuracy(model, tok, pk_lengths, c, n=cfg.n_passkey, seed=cfg.seed, lean=c is not None).assign(variant=v)
+          for v, c in (("vanilla", None), ("both", both), ("top-k", top_k))]
     mem_lengths = [n for n in cfg.memory_lengths if n <= model.cfg.n_ctx]
     cost = time_and_memory(model, mem_lengths, both, seed=cfg.seed)
     return Result(
         config={**asdict(cfg), "train_ctx": train_ctx, "n_local": n_local, "max_len": max_len,
-                "passkey_gap": gap, "n_docs": cfg.n_docs, "n_passkey": cfg.n_passkey},
+                "top_k_from_layer": top_k_from, "n_docs": cfg.n_docs, "n_passkey": cfg.n_passkey},
         nll=pd.concat(nll_rows, ignore_index=True), nll_bins=pd.concat(bins, ignore_index=True),
         entropy=pd.concat(ent, ignore_index=True), passkey=pd.concat(pk, ignore_index=True), cost=cost,
     )
@@ -168,31 +180,86 @@ def target_status(result: Result, *, tolerance: float = 0.10) -> dict:
             "worst_factor": float(ratio.idxmax()), "tolerance": tolerance}
 
 
-def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0) -> None:
-    """The claims that the reproduction supports, on measured numbers; raises ``AssertionError``.
+PASSKEY_IN_LENGTH_MIN = 0.9
+"""Passkey accuracy of vanilla attention inside the training length (the model can retrieve)."""
+PASSKEY_VANILLA_MAX = 0.5
+"""...vanilla attention's at 4x the training length (it fails past it)..."""
+PASSKEY_TOP_K_MIN = 0.8
+"""...and LM-Infinite with top-k middle attention's at 4x (it retrieves from the masked middle)."""
+SINK_RATIO_MIN = 1.05
+"""NLL with n_global = 0 over NLL with the global branch, at the largest factor (factor 3)."""
+
+
+def passkey_at(result: Result, variant: str, factor: int) -> float | None:
+    """Passkey accuracy of ``variant`` at ``factor`` x the training length (None: not measured)."""
+    p = result.passkey
+    g = p[(p.variant == variant) & (p.length <= factor * result.config["train_ctx"])]
+    # the measured length closest below factor x L (prompts fill up to it, a few tokens short)
+    return None if g.empty or g.length.max() < 0.75 * factor * result.config["train_ctx"] else float(g.iloc[-1].accuracy)
+
+
+BUNDLED_EXPECTED_FAILURES: dict[str, str] = {
+    "starting tokens matter": (
+        "tiny-rotary's training rows all start at BOS, yet its NLL with n_global = 0 equals the NLL with "
+        "the global branch at every length: this 3-layer model formed no attention sink that a sliding "
+        "window could lose"),
+    "top-k retrieves at 4x": (
+        "tiny-rotary's retrieval head finds the key digit by its relative position; top-k middle "
+        "attention gives every selected key one inserted distance, so it selects key-line tokens but "
+        "not the right digit: it retrieves only keys inside the local window, with any k or start layer"),
+}
+"""Claims the bundled ``tiny-rotary`` does not show, and why (strict expected failures in
+:func:`check`: they must fail, with their measured numbers shown)."""
+
+
+def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0,
+          expected_failures: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The claims that the reproduction supports, on measured numbers; raises ``ClaimFailed``.
 
     * vanilla NLL at the largest factor rises above ``(1 + tolerance)`` x its in-length NLL;
     * LM-Infinite ("both") NLL at the largest factor is below vanilla's by a factor ``margin``;
+    * without the global branch (``n_global = 0``) the NLL at the largest factor is at least
+      :data:`SINK_RATIO_MIN` x LM-Infinite's (the starting tokens are needed);
+    * passkey retrieval (where the profile measures these lengths): vanilla >=
+      :data:`PASSKEY_IN_LENGTH_MIN` inside the training length and <= :data:`PASSKEY_VANILLA_MAX`
+      at 4x; LM-Infinite with top-k middle attention >= :data:`PASSKEY_TOP_K_MIN` at 4x;
     * the lean path's peak memory per token stays within 25% across the measured lengths,
       while full attention's peak grows faster than linearly.
 
-    Whether LM-Infinite stays within ``tolerance`` of its in-length NLL (the length-generalisation target) is
-    reported by :func:`target_status`, not asserted here.
+    ``expected_failures`` (claim -> reason; e.g. :data:`BUNDLED_EXPECTED_FAILURES`) are strict
+    expected failures (:class:`~saetools.experiments.protocol.Claims`). Returns the table of the
+    claims tested. Whether LM-Infinite stays within ``tolerance`` of its in-length NLL (the
+    length-generalisation target) is reported by :func:`target_status`, not asserted here.
     """
+    claims = Claims(expected_failures)
     s = result.summary()
     last = s.columns[-1]
     van, both = s.loc["vanilla"], s.loc["both"]
-    claim(van[last] > (1 + tolerance) * van.in_length, f"vanilla NLL does not rise: {van.to_dict()}")
-    claim(both[last] * margin < van[last], (
-        f"LM-Infinite NLL at {last} is not {margin}x below vanilla: both {both.to_dict()}, "
-        f"vanilla {van.to_dict()}"))
+    claims("vanilla degrades", van[last] > (1 + tolerance) * van.in_length,
+           f"vanilla NLL {van.in_length:.3f} in length, {van[last]:.3f} at {last}")
+    claims("LM-Infinite holds", both[last] * margin < van[last],
+           f"LM-Infinite NLL at {last} {both[last]:.3f} vs vanilla {van[last]:.3f} (needs {margin}x lower)")
+    no_sink = s.loc["n_global=0", last]
+    claims("starting tokens matter", no_sink >= SINK_RATIO_MIN * both[last],
+           f"NLL at {last}: n_global=0 {no_sink:.3f}, n_global={result.config['n_global']} {both[last]:.3f} "
+           f"(needs >= {SINK_RATIO_MIN}x)")
+    for key, variant, factor, ok, text in (
+            ("vanilla retrieves in length", "vanilla", 1, lambda a: a >= PASSKEY_IN_LENGTH_MIN, f">= {PASSKEY_IN_LENGTH_MIN}"),
+            ("vanilla fails at 4x", "vanilla", 4, lambda a: a <= PASSKEY_VANILLA_MAX, f"<= {PASSKEY_VANILLA_MAX}"),
+            ("top-k retrieves at 4x", "top-k", 4, lambda a: a >= PASSKEY_TOP_K_MIN, f">= {PASSKEY_TOP_K_MIN}")):
+        acc = passkey_at(result, variant, factor)
+        if acc is not None:
+            claims(key, ok(acc), f"passkey accuracy of {variant} at {factor}x the training length {acc:.2f} (needs {text})")
     c = result.cost
     lean = c[c.path == "lean"].set_index("length").peak_mb
     full = c[c.path == "full"].set_index("length").peak_mb
     per_tok = lean / lean.index
-    claim(per_tok.max() <= 1.25 * per_tok.min(), f"lean peak memory is not linear: {lean.to_dict()}")
+    claims("lean memory is linear", per_tok.max() <= 1.25 * per_tok.min(),
+           f"lean peak MiB per token from {per_tok.min():.4f} to {per_tok.max():.4f} (needs within 25%)")
     growth = full.iloc[-1] / full.iloc[0] / (full.index[-1] / full.index[0])
-    claim(growth > 1.5, f"full-attention peak memory should grow faster than linear: {full.to_dict()}")
+    claims("full attention memory grows faster", growth > 1.5,
+           f"full-attention peak grows {growth:.2f}x faster than the length (needs > 1.5)")
+    return claims.table()
 
 
 def figures(result: Result) -> dict[str, Figure]:
@@ -218,8 +285,8 @@ def figures(result: Result) -> dict[str, Figure]:
         ax.plot(g.length, g.accuracy, marker="o", label=v)
     ax.axvline(L, color="grey", ls=":")
     ax.set(xscale="log", ylim=(-0.05, 1.05), xlabel="context length",
-           ylabel="accuracy (all 5 digits top-1)",
-           title=f"Passkey stated {result.config['passkey_gap']} tokens before its recall")
+           ylabel="accuracy (all 5 digits correct)",
+           title="Passkey at a random depth, decoded greedily")
     ax.legend()
     fig4, axes = subplots(1, 2, figsize=(10, 3.5))
     for p, g in result.cost.groupby("path", sort=False):
@@ -251,7 +318,7 @@ def mask_only_demo(model, *, n_global: int = 4, n_local: int | None = None, n_do
     from saetools.lminfinite import AbsolutePositionWarning
     n = model.cfg.n_ctx
     n_local = n_local or n // 4
-    texts = [long_document(n // 4, seed=seed + 2000 + i, passkey_rate=0.0) for i in range(n_docs)]
+    texts = [long_document(n // 4, seed=seed + 2000 + i) for i in range(n_docs)]
     tokens = torch.stack([model.to_tokens(t, prepend_bos=True)[0, :n] for t in texts])
     out = []
     for name, g in (("full attention", None), (f"mask, n_global={n_global}", n_global),

@@ -2,8 +2,8 @@
 
 * :func:`per_position_nll` -- next-token NLL at every position, for a variant of the method;
 * :func:`attention_entropy` -- entropy of attention rows vs sequence length (factor 2 of §6.1);
-* :func:`passkey_accuracy` -- retrieval of a five-digit key stated ``gap`` tokens before its
-  recall, in contexts of growing length;
+* :func:`passkey_accuracy` -- greedy retrieval of a five-digit key hidden at a random depth of
+  a long filler text (Mohtashami & Jaggi 2023), in contexts of growing length;
 * :func:`time_and_memory` -- seconds and peak CPU tensor memory of a forward pass, full attention
   vs the lean Lambda path.
 
@@ -24,7 +24,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from saetools.lminfinite.attention import LMInfiniteConfig, lean_attention, lm_infinite
-from saetools.models.corpus import KEY_PREFIX, long_document_tokens
+from saetools.models.corpus import passkey, passkey_question
 
 __all__ = [
     "VARIANTS",
@@ -34,6 +34,7 @@ __all__ = [
     "binned_nll",
     "attention_entropy",
     "passkey_batch",
+    "greedy_decode",
     "passkey_accuracy",
     "peak_cpu_bytes",
     "time_and_memory",
@@ -134,49 +135,62 @@ def attention_entropy(model, tokens: Int[Tensor, "batch pos"], lengths: Sequence
     return pd.DataFrame(rows)
 
 
-def passkey_batch(tokenizer, length: int, n: int, *, gap: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Passkey prompts of exactly ``length`` tokens.
+def passkey_batch(tokenizer, length: int, n: int, *, seed: int) -> tuple[Tensor, Tensor]:
+    """``n`` passkey prompts of at most ``length`` tokens (Mohtashami & Jaggi 2023, as LM-Infinite
+    evaluates it), all of one length.
 
-    Layout: ``BOS filler " The key is 48213." filler(gap tokens) " The key is 48213."``: the
-    first statement ends ``gap`` tokens before the recall starts. Returns ``(tokens, digits)``:
-    ``tokens`` ``[n, length]`` and ``digits`` ``[n, 5]``, the positions of the recalled digits.
+    Layout: BOS, filler sentences (``"The grass is green. ..."``) with the key line ``"The pass
+    key is 48213. Remember it. 48213 is the pass key."`` after a uniformly random number of them,
+    then ``"What is the pass key? The pass key is"``. As many filler sentences as fit, leaving
+    room for the answer. Returns ``(prompts [n, pos], keys [n, k])``: the token ids of each
+    answer ``" 48213"`` (k tokens, the same for every key), for greedy decoding.
     """
     rng = np.random.default_rng(seed)
-    rows, digit_pos = [], []
-    for r in range(n):
-        key = str(int(rng.integers(10_000, 100_000)))
-        stmt = tokenizer(f"{KEY_PREFIX} {key}.", add_special_tokens=False)["input_ids"]
-        prefix = tokenizer(f"{KEY_PREFIX} ", add_special_tokens=False)["input_ids"]
-        n_fill = length - 1 - 2 * len(stmt)
-        if n_fill < gap:
-            raise ValueError(f"length {length} is too short for gap {gap}")
-        filler = long_document_tokens(tokenizer, n_fill + 1, seed=int(rng.integers(1 << 31)),
-                                      passkey_rate=0.0)[1:].tolist()
-        head = filler[: n_fill - gap]
-        row = [tokenizer.bos_token_id] + head + stmt + filler[n_fill - gap:] + stmt
-        start = len(row) - len(stmt) + len(prefix)
-        rows.append(row)
-        digit_pos.append(list(range(start, start + 5)))
-    return torch.tensor(rows), torch.tensor(digit_pos)
+    n_tok = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    n_filler = 0
+    n_key = n_tok(" 12345")
+    while 1 + n_tok(passkey_question(n_filler + 1, "12345", 0.0)) + n_key <= length:
+        n_filler += 1
+    if n_filler == 0:
+        raise ValueError(f"length {length} is too short for a passkey prompt (needs about "
+                         f"{1 + n_tok(passkey_question(1, '12345', 0.0)) + n_key} tokens)")
+    keys = [passkey(rng) for _ in range(n)]
+    texts = [passkey_question(n_filler, k, float(d)) for k, d in zip(keys, rng.random(n))]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    digits = tokenizer([" " + k for k in keys], add_special_tokens=False)["input_ids"]
+    if len({len(x) for x in ids}) != 1 or len({len(d) for d in digits}) != 1:
+        raise ValueError("this tokenizer does not give every passkey prompt and key the same length; "
+                         "passkey_batch needs a tokenizer that splits numbers digit by digit (as tiny-rotary's)")
+    prompts = torch.tensor([[tokenizer.bos_token_id] + x for x in ids])
+    return prompts, torch.tensor(digits)
+
+
+@torch.no_grad()
+def greedy_decode(model, prompts: Int[Tensor, "batch pos"], n_new: int, cfg: LMInfiniteConfig | None = None,
+                  *, lean: bool = False) -> Tensor:
+    """``[batch, n_new]`` tokens decoded greedily after ``prompts`` (a full forward per token)."""
+    tokens = prompts
+    with applied(model, cfg, lean=lean):
+        for _ in range(n_new):
+            nxt = torch.cat([model(r, return_type="logits")[:, -1].argmax(-1) for r in _row_batches(tokens)])
+            tokens = torch.cat([tokens, nxt[:, None].to(tokens.device)], dim=1)
+    return tokens[:, prompts.shape[1]:]
 
 
 @torch.no_grad()
 def passkey_accuracy(model, tokenizer, lengths: Sequence[int], cfg: LMInfiniteConfig | None = None,
-                     *, n: int = 20, gap: int = 24, seed: int = 0, lean: bool = False) -> pd.DataFrame:
-    """Fraction of prompts whose five recalled digits are all the model's top-1 predictions.
-
-    Teacher-forced: digit ``k`` is predicted from the prompt plus the true digits ``< k``.
-    Returns columns ``length``, ``accuracy``, ``n``.
-    """
+                     *, n: int = 20, seed: int = 0, lean: bool = False) -> pd.DataFrame:
+    """Fraction of passkey prompts (:func:`passkey_batch`) whose key (five digits) the model decodes
+    greedily, every token correct. Returns columns ``length`` (of the prompt with its answer), ``accuracy``, ``n``."""
     rows = []
     for length in lengths:
-        tokens, digits = passkey_batch(tokenizer, length, n, gap=gap, seed=seed + length)
-        _check_tokens(model, tokens)
-        with applied(model, cfg, lean=lean):
-            logits_argmax = torch.cat([model(r, return_type="logits").argmax(-1) for r in _row_batches(tokens)])
-        pred = logits_argmax.gather(1, digits - 1)
-        ok = (pred == tokens.gather(1, digits)).all(1)
-        rows.append({"length": int(length), "accuracy": float(ok.float().mean()), "n": n})
+        prompts, keys = passkey_batch(tokenizer, length, n, seed=seed + length)
+        _check_tokens(model, prompts)
+        if prompts.shape[1] + keys.shape[1] - 1 > model.cfg.n_ctx:
+            raise ValueError(f"passkey length {length} exceeds model.cfg.n_ctx={model.cfg.n_ctx}")
+        got = greedy_decode(model, prompts, keys.shape[1], cfg, lean=lean)
+        ok = (got.cpu() == keys).all(1)
+        rows.append({"length": int(prompts.shape[1] + keys.shape[1]), "accuracy": float(ok.float().mean()), "n": n})
     return pd.DataFrame(rows)
 
 

@@ -1,13 +1,14 @@
 """Train the bundled ``tiny-rotary`` model (LM-Infinite reproduction, ``docs/han2023_lm_infinite.md``).
 
 ``tiny-rotary`` is ``tiny-ioi``'s architecture with rotary positions instead of learned ones,
-trained at a short context (``train_ctx`` tokens) on windows at random offsets of one *long*
-synthetic token stream (so position 1 is usually mid-sentence, as in a window far into a long
-input): sentences of the tiny-ioi corpus run on without document breaks, interleaved with a
-passkey pattern (``" The key is 48213."`` ... ``" The key is 48213."``) whose second copy can
-only be predicted by attending back to the first. Its ``n_ctx`` is ``eval_factor * train_ctx``:
-TransformerLens grows the rotary table only up to ``n_ctx``, and rotary positions have no
-parameters, so a large ``n_ctx`` is free and lets us evaluate far past the training length.
+trained at a short context (``train_ctx`` tokens). Every training row starts at BOS (so
+attention sinks form, as in models pretrained on documents) and holds either the start of a
+long synthetic document (tiny-ioi corpus sentences run together) or a passkey document (the
+protocol of Mohtashami & Jaggi 2023 that LM-Infinite evaluates: filler sentences, the key line
+at a uniformly random depth, the question and its answer) followed by document text. Its
+``n_ctx`` is ``eval_factor * train_ctx``: TransformerLens grows the rotary table only up to
+``n_ctx``, and rotary positions have no parameters, so a large ``n_ctx`` is free and lets us
+evaluate far past the training length.
 
 Run ``python scripts/build_rotary_model.py`` to train, measure and install the model.
 """
@@ -24,12 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from saetools.models.build.tiny_ioi import make_optimizer, train_step, warmup_cosine_lr
-from saetools.models.corpus import long_document, long_document_tokens
+from saetools.models.corpus import long_document, passkey_document, passkey_question
 
 __all__ = [
     "RotaryTrainConfig",
     "training_rows",
-    "random_window_rows",
     "rotary_config",
     "train_tiny_rotary",
 ]
@@ -40,12 +40,12 @@ class RotaryTrainConfig:
 
     seed: int = 0
     """Seeds the documents, the initialisation and the batch order."""
-    steps: int = 2000
+    steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 32
     """Rows per step."""
-    train_ctx: int = 64
-    """Training length L_train in tokens (each row is BOS + ``train_ctx - 1`` stream tokens)."""
+    train_ctx: int = 128
+    """Training length L_train in tokens (each row is BOS + ``train_ctx - 1`` tokens)."""
     eval_factor: int = 32
     """``n_ctx = eval_factor * train_ctx``: the longest length the model will be evaluated at."""
     lr: float = 3e-3
@@ -54,18 +54,14 @@ class RotaryTrainConfig:
     """Warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    n_layers: int = 2
-    """Transformer blocks (2 are enough for induction-style passkey copying)."""
-    d_model: int = 96
+    n_layers: int = 3
+    """Transformer blocks (induction-style copying of the key needs two)."""
+    d_model: int = 128
     """Residual stream width."""
     n_heads: int = 4
     """Attention heads per layer (d_head = d_model / n_heads = rotary_dim)."""
-    passkey_rate: float = 0.3
-    """Probability that a sentence slot starts a passkey statement (recalled 0-2 sentences later)."""
-    random_windows: bool = True
-    """Rows are BOS + a window at a random offset of one long token stream (so the token after
-    BOS is usually mid-sentence, as in a far-away LM-Infinite window); ``False``: BOS + the
-    start of its own long document."""
+    passkey_frac: float = 0.5
+    """Fraction of rows that start with a passkey document."""
 
     def __post_init__(self) -> None:
         for field in ("steps", "batch_size", "train_ctx", "eval_factor", "n_layers", "d_model", "n_heads"):
@@ -73,34 +69,30 @@ class RotaryTrainConfig:
                 raise ValueError(f"RotaryTrainConfig.{field} must be positive")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError("RotaryTrainConfig.d_model / n_heads must be an even integer (rotary pairs)")
-        if not 0.0 <= self.passkey_rate <= 1.0:
-            raise ValueError("RotaryTrainConfig.passkey_rate must be in [0, 1]")
+        if not 0.0 <= self.passkey_frac <= 1.0:
+            raise ValueError("RotaryTrainConfig.passkey_frac must be in [0, 1]")
 
 
-def training_rows(tokenizer, n_rows: int, *, n_ctx: int, seed: int, passkey_rate: float) -> torch.Tensor:
-    """``[n_rows, n_ctx]`` rows, each BOS + the start of its own long document."""
+def training_rows(tokenizer, n_rows: int, *, n_ctx: int, seed: int, passkey_frac: float) -> torch.Tensor:
+    """``[n_rows, n_ctx]`` rows, each BOS + (a passkey document, with probability
+    ``passkey_frac``, then) the start of its own long document.
+
+    A passkey document has between 1 and as many filler sentences as fit in the row (uniformly),
+    so the key is recalled from every distance up to the training length."""
     rng = np.random.default_rng(seed)
+    n_tok = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    max_filler = 1
+    while 1 + n_tok(passkey_question(max_filler + 1, "12345", 0.0)) + 7 <= n_ctx:
+        max_filler += 1
     n_sentences = max(4, n_ctx // 8)
-    texts = [long_document(n_sentences, seed=int(s), passkey_rate=passkey_rate)
-             for s in rng.integers(1 << 62, size=n_rows)]
+    texts = []
+    for s in rng.integers(1 << 62, size=n_rows):
+        head = passkey_document(rng, int(rng.integers(1, max_filler + 1))) if rng.random() < passkey_frac else ""
+        texts.append(head + long_document(n_sentences, seed=int(s)))
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     rows = [[bos] + x[: n_ctx - 1] for x in ids if len(x) >= n_ctx - 1]
     return torch.tensor(rows, dtype=torch.long)
-
-
-def random_window_rows(tokenizer, n_rows: int, *, n_ctx: int, seed: int,
-                       passkey_rate: float) -> torch.Tensor:
-    """``[n_rows, n_ctx]`` rows: BOS + ``n_ctx - 1`` tokens from a random offset of one long
-    stream (a seeded :func:`long_document` of about ``n_rows * n_ctx / 4`` tokens)."""
-    rng = np.random.default_rng(seed)
-    n_stream = max(4 * n_ctx, n_rows * n_ctx // 4)
-    stream = long_document_tokens(tokenizer, n_stream + 1, seed=int(rng.integers(1 << 31)),
-                                  passkey_rate=passkey_rate)[1:]
-    starts = torch.from_numpy(rng.integers(0, len(stream) - n_ctx + 1, size=n_rows))
-    idx = starts[:, None] + torch.arange(n_ctx - 1)[None]
-    bos = torch.full((n_rows, 1), tokenizer.bos_token_id, dtype=torch.long)
-    return torch.cat([bos, stream[idx]], dim=1)
 
 
 def rotary_config(d_vocab: int, cfg: RotaryTrainConfig):
@@ -131,9 +123,8 @@ def train_tiny_rotary(cfg: RotaryTrainConfig, out_dir: str | Path, tokenizer_dir
     load_tokenizer(tokenizer_dir).save_pretrained(out_dir)
     tokenizer = load_tokenizer(out_dir)  # TransformerLens re-reads it from name_or_path
 
-    make_rows = random_window_rows if cfg.random_windows else training_rows
-    tokens = make_rows(tokenizer, cfg.steps * cfg.batch_size // 2, n_ctx=cfg.train_ctx,
-                       seed=cfg.seed + 1, passkey_rate=cfg.passkey_rate)
+    tokens = training_rows(tokenizer, cfg.steps * cfg.batch_size // 2, n_ctx=cfg.train_ctx,
+                           seed=cfg.seed + 1, passkey_frac=cfg.passkey_frac)
     mask = torch.ones_like(tokens, dtype=torch.bool)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
