@@ -236,7 +236,7 @@ def test_train_sae_trains_a_switch_sae(bundled_model, tmp_path):
         torch.manual_seed(0)
         untrained = SwitchTrainingSAE(cfg)
     untrained.initialize_biases_from_data(acts)
-    sae = saetools.train_sae(acts, cfg, total_samples=6 * 512, batch_size=512, lr=3e-3, seed=0)
+    sae = saetools.train_sae(acts, cfg, total_samples=12 * 512, batch_size=512, lr=3e-3, seed=0)
     assert type(sae) is SwitchTrainingSAE and sae.cfg.normalize_activations == "none"  # scale folded in
     with torch.no_grad():
         mse_trained = (sae(acts) - acts).pow(2).sum(-1).mean()

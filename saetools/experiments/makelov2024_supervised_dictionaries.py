@@ -137,7 +137,7 @@ class Config(Profiles):
         # like the default's 32 with 157 names; with 1,500 (12 per value) the noise of the coupled
         # codes alone cost 6 points of sufficiency at tiny-ioi's io_mover node (0.862 vs 0.926).
         "smoke": {
-            "max_heads_per_role": 1,
+            "max_heads_per_role": 2,  # tiny-ioi: the 2nd S-suppression head (layer 0) is the one carrying S
             "n_names": 64,
             "n_train": 5000,
             "n_eval": 200,
