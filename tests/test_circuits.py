@@ -142,3 +142,17 @@ def test_gpt2_circuit_matches_wang_et_al():
     c = circuits.discover_circuit(model, clean).circuit
     assert {(9, 9), (9, 6), (10, 0)} <= set(c.roles["name_mover"][:5]), c.roles
     assert {(7, 3), (7, 9), (8, 6), (8, 10)} <= set(c.roles["s_inhibition"]), c.roles
+
+
+def test_pos_patching_reruns_only_end_and_equals_hooked_reruns(_bundled):
+    from saetools.circuits import mechanism
+
+    batch = ioi.render(_bundled, ioi.wang_spec(40, seed=3, model=_bundled))
+    cf = ioi.render(_bundled, ioi.counterfactual(batch.spec, "pos", seed=0,
+                                                 names=sorted(set(batch.spec["io"]) | set(batch.spec["s"]))))
+    heads = [(l, h) for l in range(_bundled.cfg.n_layers) for h in range(_bundled.cfg.n_heads)]
+    with torch.no_grad():
+        fast = mechanism._pos_patch_incremental(_bundled, batch, cf, heads)
+        slow = mechanism._pos_patch_hooked(_bundled, batch, cf, heads)
+    assert fast == slow and max(fast) > 0
+    assert mechanism.pos_patching(_bundled, batch).pos_changed.tolist() == fast

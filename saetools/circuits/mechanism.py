@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from saetools.circuits import ablation
+from saetools.circuits import ablation, incremental
 from saetools.circuits.discovery import Discovery, Faithfulness, faithfulness
 from saetools.tasks import ioi
 
@@ -191,30 +191,66 @@ def direct_logit_attribution(model, batch: ioi.IOIBatch) -> pd.DataFrame:
 def pos_patching(model, batch: ioi.IOIBatch, *, seed: int = 0) -> pd.DataFrame:
     """Per head, the fraction of prompts whose top END prediction changes when the head's output
     at END is patched from the prompt with the first-clause order flipped (ABB <-> BAB, same IO
-    and S; Makelov et al.'s Pos attribute). Columns ``layer, head, pos_changed``."""
+    and S; Makelov et al.'s Pos attribute). Columns ``layer, head, pos_changed``.
+
+    A patch at END changes only END, so each patch reruns only the END token from the head's
+    layer on (:mod:`saetools.circuits.incremental`); models outside its fast path get full
+    hooked reruns from the head's layer."""
     names = sorted(set(batch.spec["io"]) | set(batch.spec["s"]))
     cf = ioi.render(model, ioi.counterfactual(batch.spec, "pos", seed=seed, names=names))
     if cf.tokens.shape != batch.tokens.shape:
         raise ValueError("the Pos counterfactual tokenizes to another layout; use single-token words")
-    L = model.cfg.n_layers
-    keep = lambda n: n.endswith("hook_resid_pre")
-    _, src = model.run_with_cache(cf.tokens, names_filter=lambda n: n.endswith("hook_z"))
-    final, cache = model.run_with_cache(batch.tokens, names_filter=keep)
+    patch = _pos_patch_hooked if incremental.unsupported(model) else _pos_patch_incremental
+    heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    changed = patch(model, batch, cf, heads)
+    return pd.DataFrame({"layer": [l for l, _ in heads], "head": [h for _, h in heads], "pos_changed": changed})
+
+
+def _top(model, x_end: Tensor) -> Tensor:
+    """Top prediction from the final residual stream at END."""
+    x = x_end[:, None]
+    if getattr(model, "ln_final", None) is not None and model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    return model.unembed(x)[:, 0].argmax(-1)
+
+
+def _pos_patch_incremental(model, batch, cf, heads) -> list[float]:
+    dev = model.W_U.device
+    end = batch.positions["END"].to(dev)
+    rows = torch.arange(len(batch), device=dev)
+    cache = incremental.full_cache(model, batch.tokens.to(dev), end)
+    src = incremental.full_cache(model, cf.tokens.to(dev), end)
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    clean = _top(model, cache[last][rows, end])
+    win = incremental.window(end, end)
+    out = []
+    for layer, head in heads:
+        name = f"blocks.{layer}.attn.hook_z"
+        z = cache[name].clone()
+        z[rows, end, head] = src[name][rows, end, head]
+        x = incremental.forward_from(model, cache, layer, win, override={name: z})
+        out.append(float((_top(model, x) != clean).float().mean()))
+    return out
+
+
+def _pos_patch_hooked(model, batch, cf, heads) -> list[float]:
     rows = torch.arange(len(batch), device=batch.tokens.device)
     end = batch.positions["END"].to(batch.tokens.device)
-    top = lambda logits: logits[rows, end].argmax(-1)
-    clean = top(final)
+    _, src = model.run_with_cache(cf.tokens, names_filter=lambda n: n.endswith("hook_z"))
+    final, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    clean = final[rows, end].argmax(-1)
     out = []
-    for layer in range(L):
-        patched = src[f"blocks.{layer}.attn.hook_z"][rows, end]
-        for head in range(model.cfg.n_heads):
-            def hook(z, hook, head=head):
-                z[rows, end, head] = patched[:, head]
-                return z
-            logits = model.run_with_hooks(cache[f"blocks.{layer}.hook_resid_pre"], start_at_layer=layer,
-                                          fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
-            out.append({"layer": layer, "head": head, "pos_changed": float((top(logits) != clean).float().mean())})
-    return pd.DataFrame(out)
+    for layer, head in heads:
+        patched = src[f"blocks.{layer}.attn.hook_z"][rows, end, head]
+
+        def hook(z, hook):
+            z[rows, end, head] = patched
+            return z
+
+        logits = model.run_with_hooks(cache[f"blocks.{layer}.hook_resid_pre"], start_at_layer=layer,
+                                      fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+        out.append(float((logits[rows, end].argmax(-1) != clean).float().mean()))
+    return out
 
 
 @torch.no_grad()
