@@ -24,7 +24,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from saetools.lminfinite.attention import LMInfiniteConfig, lean_attention, lm_infinite
-from saetools.models.corpus import passkey, passkey_question
+from saetools.models.corpus import passkey, passkey_fit, passkey_question
 
 __all__ = [
     "VARIANTS",
@@ -146,14 +146,10 @@ def passkey_batch(tokenizer, length: int, n: int, *, seed: int) -> tuple[Tensor,
     answer ``" 48213"`` (k tokens, the same for every key), for greedy decoding.
     """
     rng = np.random.default_rng(seed)
-    n_tok = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    n_filler = 0
-    n_key = n_tok(" 12345")
-    while 1 + n_tok(passkey_question(n_filler + 1, "12345", 0.0)) + n_key <= length:
-        n_filler += 1
+    n_filler = passkey_fit(tokenizer, length)
     if n_filler == 0:
-        raise ValueError(f"length {length} is too short for a passkey prompt (needs about "
-                         f"{1 + n_tok(passkey_question(1, '12345', 0.0)) + n_key} tokens)")
+        raise ValueError(f"length {length} is too short for a passkey prompt with one filler sentence "
+                         f"(it needs more than {length} tokens); use a longer length")
     keys = [passkey(rng) for _ in range(n)]
     texts = [passkey_question(n_filler, k, float(d)) for k, d in zip(keys, rng.random(n))]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -65,6 +65,7 @@ __all__ = [
     "passkey",
     "passkey_document",
     "passkey_question",
+    "passkey_fit",
     "long_document",
     "long_document_tokens",
 ]
@@ -303,6 +304,17 @@ def passkey_question(n_filler: int, key: str, depth: float) -> str:
     sentences = [_FILLER_SENTENCES[i % len(_FILLER_SENTENCES)] for i in range(n_filler)]
     at = round(depth * n_filler)
     return "".join(sentences[:at]) + _KEY_LINE.format(key=key) + "".join(sentences[at:]) + PASSKEY_QUESTION
+
+
+def passkey_fit(tokenizer, length: int, *, answer: str = " 12345") -> int:
+    """The most filler sentences a passkey prompt can have so that BOS, the prompt and ``answer``
+    fit in ``length`` tokens of ``tokenizer`` (0: not even one fits)."""
+    n_tok = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    reserve = 1 + n_tok(answer)
+    n = 0
+    while reserve + n_tok(passkey_question(n + 1, "12345", 0.0)) <= length:
+        n += 1
+    return n
 
 
 def passkey_document(rng: np.random.Generator, n_filler: int) -> str:

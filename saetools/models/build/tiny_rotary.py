@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saetools.models.build.tiny_ioi import make_optimizer, train_step, warmup_cosine_lr
-from saetools.models.corpus import long_document, passkey_document, passkey_question
+from saetools.models.corpus import long_document, passkey_document, passkey_fit
 
 __all__ = [
     "RotaryTrainConfig",
@@ -80,10 +80,7 @@ def training_rows(tokenizer, n_rows: int, *, n_ctx: int, seed: int, passkey_frac
     A passkey document has between 1 and as many filler sentences as fit in the row (uniformly),
     so the key is recalled from every distance up to the training length."""
     rng = np.random.default_rng(seed)
-    n_tok = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    max_filler = 1
-    while 1 + n_tok(passkey_question(max_filler + 1, "12345", 0.0)) + 7 <= n_ctx:
-        max_filler += 1
+    max_filler = max(1, passkey_fit(tokenizer, n_ctx, answer=" 12345."))
     n_sentences = max(4, n_ctx // 8)
     texts = []
     for s in rng.integers(1 << 62, size=n_rows):
