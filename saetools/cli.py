@@ -10,12 +10,12 @@ __all__ = ["main"]
 
 def _reproduce(args) -> int:
     from saetools.experiments.budget import ProfileTooLargeError
-    from saetools.reproduce import reproduce
+    from saetools.reproduce import MissingExtraError, reproduce
 
     try:
         results = reproduce(model=args.model, profile=args.profile, out_dir=args.out,
                             notebooks=args.notebooks, only=args.only)
-    except (ValueError, OSError, ProfileTooLargeError) as err:  # bad arguments: one clear line, no traceback
+    except (ValueError, OSError, ProfileTooLargeError, MissingExtraError) as err:  # one clear line, no traceback
         print(f"saetools reproduce: {err}", file=sys.stderr)
         return 2
     for r in results:
@@ -23,6 +23,21 @@ def _reproduce(args) -> int:
         print(f"{status:7s} {r.seconds:7.1f} s  {r.name}" + (f"\n        {r.error.splitlines()[0]}" if r.error else ""))
     print(f"report: {(args.out / 'index.html').resolve()}")
     return 0 if results and all(r.ok for r in results) else 1
+
+
+def _notebooks(args) -> int:
+    from saetools.reproduce import copy_notebooks
+
+    try:
+        written = copy_notebooks(args.dir, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        print(f"saetools notebooks: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} notebooks in {args.dir.resolve()}:")
+    for p in written:
+        print(f"  {p.name}")
+    print("open them with: jupyter lab " + str(args.dir))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +54,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="smoke: minutes on a CPU; test: seconds, any model, no science; "
                           "full: the paper-scale run (a GPU; refused when the GPU cannot hold it)")
     rep.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output folder")
-    rep.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="notebook folder")
+    rep.add_argument("--notebooks", type=Path, default=None,
+                     help="folder of notebooks to run (default: the notebooks that came with saetools)")
     rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains these")
+    nbs = sub.add_parser("notebooks", help="copy the saetools notebooks into a folder, to open in Jupyter")
+    nbs.add_argument("dir", type=Path, help="destination folder (created if missing)")
+    nbs.add_argument("--overwrite", action="store_true", help="replace notebooks of the same name")
     args = parser.parse_args(argv)
-    return _reproduce(args)
+    return _reproduce(args) if args.command == "reproduce" else _notebooks(args)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,58 @@ from tqdm.auto import tqdm
 
 from saetools.data.files import atomic_file, atomic_write_text, check_writable_dir
 
-__all__ = ["PROFILES", "NotebookResult", "find_notebooks", "execute_notebook", "reproduce", "write_index"]
+__all__ = [
+    "PROFILES", "MissingExtraError", "NotebookResult", "copy_notebooks", "execute_notebook", "find_notebooks", "notebooks_dir",
+    "reproduce", "write_index",
+]
 
 PROFILES = ("smoke", "test", "full")
 """The profiles every notebook offers."""
+
+
+def notebooks_dir() -> Path:
+    """The saetools notebooks that came with this install.
+
+    A wheel (``pip install saetools``) carries them inside the package (``saetools/notebooks``);
+    a clone of the repository (an editable install) has them in its top-level ``notebooks/``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "notebooks", here.parent / "notebooks"):
+        if candidate.is_dir() and any(candidate.glob("*.ipynb")):
+            return candidate
+    raise FileNotFoundError(
+        f"this saetools install ({here}) has no notebooks: reinstall it from a wheel or a clone of "
+        "the repository, or pass --notebooks DIR"
+    )
+
+
+class MissingExtraError(ImportError):
+    """A feature's optional dependencies are not installed; the message names the pip extra."""
+
+
+def require_reproduce_extra() -> None:
+    """``reproduce`` executes notebooks with papermill and exports them with nbconvert, which the
+    default install leaves out: say how to add them, before any work starts."""
+    import importlib.util
+
+    missing = [m for m in ("papermill", "nbconvert", "ipykernel") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(f"saetools reproduce needs {', '.join(missing)}: pip install \"saetools[reproduce]\"")
+
+
+def copy_notebooks(dest: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Copy the saetools notebooks into ``dest`` (created if missing); returns the new files.
+
+    Existing notebooks of the same name are kept unless ``overwrite`` (they may hold your edits):
+    the whole copy is refused, naming them, before anything is written.
+    """
+    sources = find_notebooks(notebooks_dir())
+    dest = check_writable_dir(dest, what="the notebooks")
+    clash = [p.name for p in sources if (dest / p.name).exists()]
+    if clash and not overwrite:
+        raise FileExistsError(f"{dest} already has {', '.join(clash)}: pass --overwrite to replace them, "
+                              "or choose another folder")
+    return [atomic_write_text(dest / p.name, p.read_text(encoding="utf-8")) for p in sources]
 
 
 
@@ -45,8 +93,8 @@ def find_notebooks(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(
-            f"notebook directory {directory} not found: run from the saetools repository root "
-            "or pass --notebooks DIR"
+            f"notebook directory {directory} not found: pass --notebooks with a folder of notebooks, "
+            "or leave it out to run the notebooks that came with saetools"
         )
     return sorted(p for p in directory.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
@@ -58,6 +106,20 @@ def _to_html(nb_path: Path, html_path: Path) -> None:
     nb = nbformat.read(nb_path, as_version=4)
     body, _ = HTMLExporter(template_name="classic").from_notebook_node(nb)
     atomic_write_text(html_path, body)
+
+
+def _local_kernel_manager():
+    """Kernels talk to the runner over local (IPC) sockets rather than unencrypted TCP: nothing
+    listens on a network port, and the kernel has no transport warning to print."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class LocalKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return LocalKernelManager
 
 
 def execute_notebook(
@@ -86,7 +148,8 @@ def execute_notebook(
         try:
             pm.execute_notebook(
                 str(path), str(tmp), parameters=parameters, kernel_name=kernel_name,
-                progress_bar=False, execution_timeout=timeout, cwd=str(path.parent),
+                progress_bar=False, execution_timeout=timeout, cwd=str(out_dir),
+                kernel_manager_class=_local_kernel_manager(),
             )
         except Exception as exc:  # a failing notebook is a result, not a crash of the runner
             if hasattr(exc, "ename"):  # papermill's PapermillExecutionError: the cell's own error
@@ -148,10 +211,13 @@ def _check_full_profile_fits(model: str, paths: list[Path]) -> None:
 
 
 def reproduce(
-    *, model: str, profile: str, out_dir: str | Path, notebooks: str | Path = "notebooks",
+    *, model: str, profile: str, out_dir: str | Path, notebooks: str | Path | None = None,
     only: list[str] | None = None,
 ) -> list[NotebookResult]:
     """Execute the notebooks (optionally only those whose name contains one of ``only``).
+
+    ``notebooks`` is a folder of notebooks; by default the ones that came with saetools
+    (:func:`notebooks_dir`), so the command works from any folder.
 
     Everything is checked before the first kernel starts: the model name, the profile, that
     there are notebooks to run, that ``out_dir`` can be written, and for the ``full`` profile
@@ -163,9 +229,11 @@ def reproduce(
     """
     from saetools.models.loading import check_model_name
 
+    require_reproduce_extra()
     check_model_name(model)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {list(PROFILES)}")
+    notebooks = notebooks_dir() if notebooks is None else notebooks
     all_paths = find_notebooks(notebooks)
     if not all_paths:
         raise FileNotFoundError(f"no notebooks (*.ipynb) in {Path(notebooks).resolve()}: pass --notebooks with the "
