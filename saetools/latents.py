@@ -17,7 +17,10 @@ from torch import Tensor
 
 from saetools.splicing import latent_hook_name, splice
 
-__all__ = ["Context", "LatentData", "decoder_logit_effects", "gather_latent_data"]
+__all__ = ["Context", "LatentData", "decoder_logit_effects", "gather_latent_data", "select_latents"]
+
+NEURONPEDIA = "https://neuronpedia.org"
+"""Where sae-lens's pretrained SAEs have their latent pages (``<id>/<latent>``)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,17 @@ class LatentData:
     """Tokens whose logits the decoder direction raises most, with the logit effect."""
     suppressed: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     """Tokens whose logits the decoder direction lowers most."""
+    logit_histogram: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    """``(counts, bin_edges)`` of the decoder direction's direct logit effect over the vocabulary."""
+    neuronpedia_id: str | None = None
+    """The SAE's Neuronpedia id (sae-lens sets it for its pretrained releases), for links."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """How many latents the default selection passed over, by reason (``dead``, ``dense``,
+    ``bos``); empty when the latents were given."""
+
+    def neuronpedia_url(self, latent: int) -> str | None:
+        """The latent's Neuronpedia page, for SAEs that have one."""
+        return f"{NEURONPEDIA}/{self.neuronpedia_id}/{int(latent)}" if self.neuronpedia_id else None
 
 
 @torch.no_grad()
@@ -69,6 +83,31 @@ def decoder_logit_effects(model, sae) -> Tensor | None:
         out = torch.einsum("sjh,jhm->sm", W_dec.reshape(-1, *W_O.shape[:2]), W_O)
         return out @ model.W_U
     return None
+
+
+def select_latents(
+    acts: Tensor, first: Tensor, n: int, *, max_frequency: float = 0.1, max_first_share: float = 0.5,
+) -> tuple[list[int], dict[str, int]]:
+    """Latents worth a dashboard: ``n`` spread evenly over the firing-frequency ranking of the
+    latents that are neither dead (never fire), dense (fire on more than ``max_frequency`` of
+    tokens) nor BOS-dominated (more than ``max_first_share`` of their activation mass on the
+    beginning-of-sequence token). Returns the latents and how many were skipped, by reason.
+
+    Args:
+        acts: latent activations ``[batch, pos, d_sae]``.
+        first: ``[batch, pos]`` bool, True at beginning-of-sequence tokens.
+    """
+    freq = (acts != 0).float().mean((0, 1))
+    mass = acts.abs().sum((0, 1))
+    first_share = acts.abs()[first].sum(0) / mass.clamp_min(1e-12)
+    dead, dense = freq == 0, freq > max_frequency
+    bos = ~dead & ~dense & (first_share > max_first_share)
+    ok = (~dead & ~dense & ~bos).nonzero().squeeze(-1)
+    ranked = ok[freq[ok].argsort(descending=True)]
+    if len(ranked) > n:
+        ranked = ranked[torch.linspace(0, len(ranked) - 1, n).round().long()]
+    skipped = {"dead": int(dead.sum()), "dense": int(dense.sum()), "bos": int(bos.sum())}
+    return ranked.tolist(), skipped
 
 
 def _window(str_toks: list[str], acts: Tensor, pos: int, before: int, after: int):
@@ -97,7 +136,8 @@ def gather_latent_data(
         model: a ``HookedSAETransformer`` with a tokenizer.
         sae: the SAE (spliced with the error term, so later layers see the clean run).
         tokens: prompts ``[batch, pos]``.
-        latents: which latents; default the ``n_latents`` most frequently firing ones.
+        latents: which latents; default ``n_latents`` chosen by :func:`select_latents` (no
+            dead, dense or BOS-dominated latents, spread over the frequency ranking).
         name: label for the SAE (default its architecture and hook).
         k_contexts: top activating contexts per latent.
         window: tokens shown before and after the activating token.
@@ -113,13 +153,18 @@ def gather_latent_data(
             chunks.append(cache[hook].float().cpu())
     acts = torch.cat(chunks)  # [batch, pos, d_sae]
     freq = (acts != 0).float().mean((0, 1))
+    skipped: dict[str, int] = {}
     if latents is None:
-        latents = freq.argsort(descending=True)[:n_latents].tolist()
+        bos_id = getattr(model.tokenizer, "bos_token_id", None)
+        first = tokens.cpu() == bos_id if bos_id is not None else torch.zeros(tokens.shape, dtype=torch.bool)
+        first[:, 0] = True  # the first position is the attention sink, BOS or not
+        latents, skipped = select_latents(acts, first, n_latents)
     latents = [int(j) for j in latents]
     effects = decoder_logit_effects(model, sae)
     data = LatentData(sae_name=name or f"{sae.cfg.architecture()}@{sae.cfg.metadata.hook_name}",
                       hook_name=sae.cfg.metadata.hook_name, latents=latents,
-                      frequency={j: freq[j].item() for j in latents}, contexts={}, histogram={})
+                      frequency={j: freq[j].item() for j in latents}, contexts={}, histogram={},
+                      neuronpedia_id=getattr(sae.cfg.metadata, "neuronpedia_id", None), skipped=skipped)
     str_rows: dict[int, list[str]] = {}
     for j in latents:
         a = acts[..., j]
@@ -143,4 +188,6 @@ def gather_latent_data(
             tok = model.tokenizer
             data.promoted[j] = [(tok.decode([int(t)]), float(v)) for v, t in zip(up.values, up.indices)]
             data.suppressed[j] = [(tok.decode([int(t)]), -float(v)) for v, t in zip(down.values, down.indices)]
+            counts, edges = np.histogram(eff.numpy(), bins=bins)
+            data.logit_histogram[j] = (counts.tolist(), edges.tolist())
     return data

@@ -6,7 +6,7 @@ notebooks users open, with parameters injected into the cell tagged ``parameters
 
 from __future__ import annotations
 
-import html
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from saetools.data.files import atomic_file, atomic_write_text, check_writable_dir
+from saetools.report import export_html, write_index
 
 __all__ = [
     "PROFILES", "MissingExtraError", "NotebookResult", "copy_notebooks", "execute_notebook", "find_notebooks", "notebooks_dir",
@@ -99,16 +100,7 @@ def find_notebooks(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
-def _to_html(nb_path: Path, html_path: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(nb_path, as_version=4)
-    body, _ = HTMLExporter(template_name="classic").from_notebook_node(nb)
-    atomic_write_text(html_path, body)
-
-
-def _local_kernel_manager():
+def _local_kernel_manager(socket_dir: str):
     """Kernels talk to the runner over local (IPC) sockets rather than unencrypted TCP: nothing
     listens on a network port, and the kernel has no transport warning to print."""
     from jupyter_client.manager import AsyncKernelManager
@@ -118,6 +110,10 @@ def _local_kernel_manager():
         @default("transport")
         def _default_transport(self):
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self):  # the sockets' path prefix: a private folder, not the notebook's
+            return str(Path(socket_dir) / "ipc")
 
     return LocalKernelManager
 
@@ -144,12 +140,12 @@ def execute_notebook(
     error = error_type = failed_cell = None
     # papermill writes as it goes: run into a temporary file, so an interrupted run leaves the
     # previous executed notebook in place; a finished run (passing or failing) replaces it.
-    with atomic_file(executed) as tmp:
+    with atomic_file(executed) as tmp, tempfile.TemporaryDirectory(prefix="saetools-kernel-") as sockets:
         try:
             pm.execute_notebook(
                 str(path), str(tmp), parameters=parameters, kernel_name=kernel_name,
                 progress_bar=False, execution_timeout=timeout, cwd=str(out_dir),
-                kernel_manager_class=_local_kernel_manager(),
+                kernel_manager_class=_local_kernel_manager(sockets),
             )
         except Exception as exc:  # a failing notebook is a result, not a crash of the runner
             if hasattr(exc, "ename"):  # papermill's PapermillExecutionError: the cell's own error
@@ -160,28 +156,9 @@ def execute_notebook(
                 error_type = type(exc).__name__
     html_path = None
     if write_html and executed.exists():
-        html_path = executed.with_suffix(".html")
-        _to_html(executed, html_path)
+        html_path = export_html(executed, executed.with_suffix(".html"))
     return NotebookResult(path.stem, error is None, time.perf_counter() - t0, executed, html_path, error,
                           error_type, failed_cell)
-
-
-def write_index(results: list[NotebookResult], out_dir: Path, parameters: dict) -> Path:
-    """An index page linking one HTML page per notebook, with its status and time."""
-    rows = "\n".join(
-        f"<tr><td><a href='{r.html.name if r.html else r.executed.name}'>{html.escape(r.name)}</a></td>"
-        f"<td>{'ok' if r.ok else 'FAILED'}</td><td>{r.seconds:.1f} s</td>"
-        f"<td><pre>{html.escape((r.error or '')[:2000])}</pre></td></tr>"
-        for r in results
-    )
-    params = html.escape(", ".join(f"{k}={v!r}" for k, v in parameters.items()))
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>saetools reproduce</title>"
-        f"<h1>saetools reproduce</h1><p>Parameters: {params}</p>"
-        "<table border=1 cellpadding=4><tr><th>notebook</th><th>status</th><th>time</th>"
-        f"<th>error</th></tr>{rows}</table>"
-    )
-    return atomic_write_text(out_dir / "index.html", page)
 
 
 def notebook_experiment(path: Path) -> str | None:

@@ -100,7 +100,16 @@ def _fit(sae, trainer_cfg, store: ActivationStore, *, seed: int, batch_size: int
                 "n_training_steps": trainer.n_training_steps + 1,
             }) + "\n")
 
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider, save_checkpoint_fn=record_position)
+    class Trainer(SAETrainer):
+        def _update_pbar(self, step_output, pbar, update_interval: int = 100):
+            # sae-lens moves its bar every 100 steps only, so a run of 60 or 250 steps ended on a
+            # red, unfinished bar: follow the samples trained at every step (tqdm throttles drawing)
+            if self.n_training_steps % update_interval == 0:
+                losses = " | ".join(f"{k}: {float(torch.as_tensor(v).detach()):.5f}" for k, v in step_output.losses.items())
+                pbar.set_description(f"{self.n_training_steps}| {losses}", refresh=False)
+            pbar.update(self.n_training_samples - pbar.n)
+
+    trainer = Trainer(cfg=trainer_cfg, sae=sae, data_provider=provider, save_checkpoint_fn=record_position)
     if state is not None:
         trainer.load_trainer_state(ckpt)
         trainer.n_training_steps = state["n_training_steps"]

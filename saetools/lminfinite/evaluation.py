@@ -13,6 +13,10 @@ returns tensors or pandas DataFrames with documented columns.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -190,13 +194,36 @@ def passkey_accuracy(model, tokenizer, lengths: Sequence[int], cfg: LMInfiniteCo
     return pd.DataFrame(rows)
 
 
+_PROFILER_LOG_LINE = re.compile(r"^(USDT|INFO|WARNING):\d{4}-\d\d-\d\d [^\]]*\.cpp:\d+\]")
+
+
+@contextmanager
+def _without_profiler_log():
+    """The profiler's C++ side logs every start and stop on the process's stderr (file
+    descriptor 2, which a notebook shows): drop those lines, pass everything else through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _PROFILER_LOG_LINE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
 def peak_cpu_bytes(fn: Callable[[], object]) -> tuple[object, int]:
     """Run ``fn`` and return ``(result, peak)``: the high-water mark of CPU tensor bytes that
     ``fn`` allocated, from the PyTorch profiler's allocator events (allocations minus frees,
     in time order, relative to the start; tensors that existed before are not counted)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _without_profiler_log(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     cur = peak = 0

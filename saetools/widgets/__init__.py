@@ -1,6 +1,6 @@
 """Data -> HTML renderers, figures and ipywidgets panels. No model code in here."""
 
-from saetools.widgets.dashboard import dashboard_html, latent_browser, latent_html
+from saetools.widgets.dashboard import LatentBrowser, dashboard_html, latent_browser, latent_html
 from saetools.widgets.html import OfflineHTML, attention_heads_html, table_html
 from saetools.widgets.ioi_panel import IOIPanel, PanelBackend
 from saetools.widgets.makelov import (
@@ -16,6 +16,7 @@ from saetools.widgets.plots import heatmap, scatter_roles
 __all__ = [
     "EditPlayground",
     "IOIPanel",
+    "LatentBrowser",
     "OfflineHTML",
     "OverSplittingExplorer",
     "PanelBackend",

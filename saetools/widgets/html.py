@@ -7,26 +7,90 @@ notebooks render the same with and without internet and never touch the network.
 
 from __future__ import annotations
 
+import functools
+import json
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-__all__ = ["OfflineHTML", "WidgetWithFallback", "attention_heads_html", "table_html"]
+__all__ = [
+    "OfflineHTML", "WidgetWithFallback", "attention_heads_html", "circuitsvis_bundle", "circuitsvis_html",
+    "circuitsvis_parts",
+    "dedupe_circuitsvis", "table_html",
+]
+
+
+@functools.cache
+def circuitsvis_bundle() -> str:
+    """circuitsvis's JavaScript bundle, as its ``local_src`` renders inline (about 1.3 MB)."""
+    import circuitsvis
+
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    return path.read_text(encoding="utf-8").replace("</script>", "")
+
+
+def circuitsvis_parts(components: Sequence[tuple[str, dict]]) -> tuple[list[str], str]:
+    """Several circuitsvis components drawn by one script that inlines the bundle once.
+
+    Args:
+        components: ``(component name, props)`` pairs, e.g. ``("ColoredTokens", {"tokens": [...],
+            "values": [...]})``; props are JSON-serialisable.
+
+    Returns:
+        One ``<div>`` per component (place them anywhere on the page) and the ``<script>`` that
+        draws them (place it after them).
+    """
+    divs, calls = [], []
+    for name, props in components:
+        div = f"circuits-vis-{uuid.uuid4().hex[:12]}"
+        divs.append(f'<div id="{div}" style="margin: 15px 0;"></div>')
+        calls.append(f"CircuitsVis.render({json.dumps(div)}, CircuitsVis.{name}, {json.dumps(props)});")
+    script = f'<script crossorigin type="module">\n{circuitsvis_bundle()}\n' + "\n".join(calls) + "\n</script>"
+    return divs, script
+
+
+def circuitsvis_html(components: Sequence[tuple[str, dict]]) -> str:
+    """:func:`circuitsvis_parts` as one HTML fragment (the components, then their script)."""
+    divs, script = circuitsvis_parts(components)
+    return "".join(divs) + script
+
+
+def dedupe_circuitsvis(page: str) -> str:
+    """A whole HTML page with circuitsvis's bundle defined once, in its head.
+
+    Every circuitsvis render (circuitsvis's own ``local_src`` or :func:`circuitsvis_html`)
+    inlines the bundle in a module script; module scripts run in document order, so the copy
+    in the head defines ``CircuitsVis`` before any render call needs it.
+    """
+    bundle = circuitsvis_bundle()
+    if bundle not in page:
+        return page
+    page = page.replace(bundle, "")
+    head = f'<script type="module">\n{bundle}\nwindow.CircuitsVis = CircuitsVis;\n</script>'
+    at = page.find("</head>")
+    return page[:at] + head + page[at:] if at >= 0 else head + page
 
 
 class WidgetWithFallback:
-    """Mixin for panels with ``widget()`` (ipywidgets) and ``html()`` (static): displaying the
-    panel shows the live widget, or the static page where ipywidgets is not installed."""
+    """Mixin for panels with ``widget()`` (ipywidgets) and ``html()`` (static).
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    Displaying the panel sends both: Jupyter shows the live widget, and wherever widgets cannot
+    run (an exported report, a viewer without a kernel, no ipywidgets installed) the static page
+    shows instead.
+    """
 
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        fallback = self.html().html
         try:
-            display(self.widget())
+            view = self.widget()
         except ImportError:
-            display(self.html())
+            return {"text/html": fallback}
+        self._view = view  # the panel keeps its live widget
+        return {**view._repr_mimebundle_(), "text/html": fallback}
 
 
 class OfflineHTML:
