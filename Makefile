@@ -21,6 +21,7 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest
+	$(PY) -m pytest -m browser
 
 reproduce: install
 	$(VENV)/bin/saetools reproduce --model $(MODEL) --profile $(PROFILE) --out $(OUT)

@@ -96,6 +96,20 @@ def test_pretrained_releases_load_and_splice_into_gpt2(gpt2_standin, release, sa
     torch.testing.assert_close(spliced, clean, atol=1e-3, rtol=1e-3)
 
 
+def test_the_example_sae_of_gpt2_links_its_latents_to_neuronpedia(gpt2_standin):
+    from saetools.latents import gather_latent_data
+    from saetools.saes import example_sae
+    from saetools.widgets import latent_html
+
+    sae = example_sae("gpt2")
+    assert example_sae("pythia-70m") is None
+    tokens = gpt2_standin.to_tokens(["When Mary and John went to the store, John gave a drink to"])
+    data = gather_latent_data(gpt2_standin, sae, tokens, latents=[5, 17])
+    assert data.neuronpedia_id == sae.cfg.metadata.neuronpedia_id and data.neuronpedia_id  # from sae-lens's directory
+    url = data.neuronpedia_url(17)
+    assert url == f"https://neuronpedia.org/{data.neuronpedia_id}/17" and url in latent_html(data, 17).html
+
+
 def test_webtext_attention_saes_load_for_gpt2_nodes(gpt2_standin):
     from saetools.dictionaries import Node, webtext_attention_saes
 

@@ -38,6 +38,8 @@ __all__ = [
     "bundled_saes",
     "load_bundled_sae",
     "load_pretrained_sae",
+    "EXAMPLE_SAES",
+    "example_sae",
     "release_model_name",
     "load_sae",
     "refit_decoder",
@@ -62,6 +64,26 @@ def load_bundled_sae(name: str, *, device: str = "cpu"):
     if name not in available:
         raise ValueError(f"unknown bundled SAE {name!r}; available: {available or 'none (run scripts/build_bundled_saes.py)'}")
     return load_sae(_bundled_dir() / name, device=device)
+
+
+EXAMPLE_SAES = {
+    "tiny-ioi": ("bundled", "resid2-topk16"),
+    "gpt2": ("gpt2-small-res-jb", "blocks.8.hook_resid_pre"),
+}
+"""An SAE to explore for each model the notebooks name: ``(release, id)``, where the release
+``"bundled"`` means :func:`load_bundled_sae` and any other is a sae-lens release."""
+
+
+def example_sae(model_name: str, *, device: str = "cpu"):
+    """An SAE to explore for ``model_name`` (see :data:`EXAMPLE_SAES`), or ``None`` if there is
+    none: the bundled TopK SAE for ``tiny-ioi``, Joseph Bloom's residual-stream SAE of layer 8
+    for ``gpt2`` (from the hub or its cache; its latents link to their Neuronpedia pages)."""
+    if model_name not in EXAMPLE_SAES:
+        return None
+    release, sae_id = EXAMPLE_SAES[model_name]
+    if release == "bundled":
+        return load_bundled_sae(sae_id, device=device)
+    return load_pretrained_sae(release, sae_id, device=device)
 
 
 def bundled_sae_card() -> dict:

@@ -84,10 +84,10 @@ def _latent_body(data, latent: int) -> tuple[str, dict | None]:
     url = data.neuronpedia_url(latent)
     link = f" · <a href='{html.escape(url)}' target='_blank' rel='noopener'>Neuronpedia</a>" if url else ""
     counts, edges = data.histogram[latent]
-    plots = [f"<div><b>activations</b> (where it fires){_histogram_svg(counts, edges, xlabel='activation', color='#d62728')}</div>"]
+    plots = [f"<div><div><b>activations</b> (where it fires)</div>{_histogram_svg(counts, edges, xlabel='activation', color='#d62728')}</div>"]
     if latent in data.logit_histogram:
         lc, le = data.logit_histogram[latent]
-        plots.append(f"<div><b>direct logit effect</b> (all tokens)"
+        plots.append(f"<div><div><b>direct logit effect</b> (all tokens)</div>"
                      f"{_histogram_svg(lc, le, xlabel='logit effect of the decoder direction', color='#1f77b4')}</div>")
     logit = ""
     if latent in data.promoted:
@@ -164,7 +164,7 @@ class LatentBrowser(WidgetWithFallback):
     where widgets cannot run.
     """
 
-    def __init__(self, datas: Mapping[str, object] | object, *, height: int = 620):
+    def __init__(self, datas: Mapping[str, object] | object, *, height: int = 760):
         self.datas = _as_datas(datas)
         self.height = height
 
