@@ -70,10 +70,13 @@ class LatentData:
 
 
 @torch.no_grad()
-def decoder_logit_effects(model, sae) -> Tensor | None:
-    """``[d_sae, d_vocab]`` direct logit effect of each decoder direction, or ``None`` if the
-    hook is not the residual stream or ``attn.hook_z`` (no direct path to the unembedding)."""
-    W_dec = sae.W_dec.to(model.W_U)
+def decoder_logit_effects(model, sae, latents: Sequence[int] | None = None) -> Tensor | None:
+    """``[len(latents), d_vocab]`` direct logit effect of each decoder direction (all latents by
+    default), or ``None`` if the hook is not the residual stream or ``attn.hook_z`` (no direct
+    path to the unembedding). Ask only for the latents you show: for GPT-2's 24,576-latent SAEs
+    all of them take about a teraFLOP."""
+    W_dec = sae.W_dec if latents is None else sae.W_dec[torch.as_tensor(list(latents), dtype=torch.long)]
+    W_dec = W_dec.to(model.W_U)
     if sae.cfg.d_in == model.cfg.d_model:
         return W_dec @ model.W_U
     name = sae.cfg.metadata.hook_name
@@ -160,13 +163,13 @@ def gather_latent_data(
         first[:, 0] = True  # the first position is the attention sink, BOS or not
         latents, skipped = select_latents(acts, first, n_latents)
     latents = [int(j) for j in latents]
-    effects = decoder_logit_effects(model, sae)
+    effects = decoder_logit_effects(model, sae, latents)
     data = LatentData(sae_name=name or f"{sae.cfg.architecture()}@{sae.cfg.metadata.hook_name}",
                       hook_name=sae.cfg.metadata.hook_name, latents=latents,
                       frequency={j: freq[j].item() for j in latents}, contexts={}, histogram={},
                       neuronpedia_id=getattr(sae.cfg.metadata, "neuronpedia_id", None), skipped=skipped)
     str_rows: dict[int, list[str]] = {}
-    for j in latents:
+    for i, j in enumerate(latents):
         a = acts[..., j]
         top = a.flatten().topk(min(k_contexts, a.numel()))
         ctxs = []
@@ -183,7 +186,7 @@ def gather_latent_data(
         counts, edges = np.histogram(nz, bins=bins) if nz.size else (np.zeros(bins, int), np.linspace(0, 1, bins + 1))
         data.histogram[j] = (counts.tolist(), edges.tolist())
         if effects is not None:
-            eff = effects[j].float().cpu()
+            eff = effects[i].float().cpu()
             up, down = eff.topk(n_logit_tokens), (-eff).topk(n_logit_tokens)
             tok = model.tokenizer
             data.promoted[j] = [(tok.decode([int(t)]), float(v)) for v, t in zip(up.values, up.indices)]

@@ -22,8 +22,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from saetools.report import FALLBACK_CLASS, WIDGET_VIEW
 from saetools.reproduce import execute_notebook, notebooks_dir
+from saetools.reproduce.report import FALLBACK_CLASS, WIDGET_VIEW
 
 pytestmark = pytest.mark.browser
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from saetools.report import FALLBACK_CLASS, WIDGET_VIEW
 from saetools.reproduce import execute_notebook, find_notebooks
+from saetools.reproduce.report import FALLBACK_CLASS, WIDGET_VIEW
 from saetools.widgets.html import circuitsvis_bundle
 
 NOTEBOOKS = find_notebooks(Path(__file__).parents[1] / "notebooks")
@@ -41,6 +41,10 @@ def check_output_hygiene(nb) -> None:
     assert all(n == 1 for n in images.values()), "a figure is displayed more than once"
     stderr = [o["text"] for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not stderr, f"stderr output: {stderr[:3]}"
+    heads = re.findall(r"<thead>(.*?)</thead>", "".join(
+        o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})), re.S)
+    raw = sorted({h for block in heads for h in re.findall(r"<th[^>]*>([^<]*)</th>", block) if "_" in h})
+    assert not raw, f"tables show code names as column names: {raw}"
 
 
 def check_report_page(page: str, nb) -> None:

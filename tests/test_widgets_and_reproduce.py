@@ -71,3 +71,41 @@ def test_as_iframe_escapes_and_embeds_the_html():
 
     frame = OfflineHTML('<script>var a = "x";</script>').as_iframe(height=100)
     assert frame.startswith("<iframe srcdoc=") and "&lt;script&gt;" in frame and "&quot;x&quot;" in frame
+
+
+def test_tables_show_column_names_in_words():
+    import pandas as pd
+
+    from saetools.widgets import human_column_names
+
+    df = pd.DataFrame({"loss_recovered_zero": [0.9], "via_nm_q": [0.1], "l0": [3.0], "plain": [1]})
+    shown = human_column_names(df.set_index("plain"))
+    assert list(shown.columns) == ["loss recovered (vs zero-ablation)", "via name movers' queries", "L0"]
+    assert shown.index.name == "plain" and list(df.columns)[0] == "loss_recovered_zero"  # the data keep code names
+    wide = pd.DataFrame([[1.0]], columns=pd.MultiIndex.from_tuples([("best_f1_b_min", "topk_signed")]))
+    assert list(human_column_names(wide).columns) == [("best F1 B min", "signed TopK")]
+
+
+def test_notebooks_command_copies_and_keeps_existing_files(tmp_path, capsys):
+    from saetools.reproduce import notebooks_dir
+
+    assert cli.main(["notebooks", str(tmp_path / "nbs")]) == 0
+    copied = sorted(p.name for p in (tmp_path / "nbs").glob("*.ipynb"))
+    assert copied == sorted(p.name for p in notebooks_dir().glob("*.ipynb")) and len(copied) == 8
+    (tmp_path / "nbs" / copied[0]).write_text("my edits")
+    assert cli.main(["notebooks", str(tmp_path / "nbs")]) == 2
+    err = capsys.readouterr().err
+    assert copied[0] in err and "--overwrite" in err and "Traceback" not in err
+    assert (tmp_path / "nbs" / copied[0]).read_text() == "my edits"  # nothing was written
+    assert cli.main(["notebooks", str(tmp_path / "nbs"), "--overwrite"]) == 0
+    assert (tmp_path / "nbs" / copied[0]).read_text() != "my edits"
+
+
+def test_reproduce_without_its_extra_names_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "papermill" else real(name, *a))
+    assert cli.main(["reproduce", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "papermill" in err and 'pip install "saetools[reproduce]"' in err

@@ -23,15 +23,16 @@ def plot_approximation(result):
     t = result.approximation
     sets = list(dict.fromkeys(t.nodes))
     fig, axes = subplots(1, 2, figsize=(13, 0.5 * len(t.dictionary.unique()) * len(sets) / 2 + 2.5), sharey=True)
-    for ax, col, title in ((axes[0], "sufficiency", "sufficiency = (LD_recon - LD_mean) / (LD_clean - LD_mean)"),
-                           (axes[1], "necessity", "necessity = (LD_clean - LD_nec) / (LD_clean - LD_mean)")):
+    # sufficiency = (LD_recon - LD_mean) / (LD_clean - LD_mean); necessity = (LD_clean - LD_nec) / (LD_clean - LD_mean)
+    for ax, col, title in ((axes[0], "sufficiency", "Sufficiency: logit difference kept by the reconstruction alone"),
+                           (axes[1], "necessity", "Necessity: logit difference lost when the reconstruction is removed")):
         piv = t.pivot_table(index="nodes", columns="dictionary", values=col, sort=False).loc[sets]
         piv.plot.barh(ax=ax, width=0.8, legend=ax is axes[1])
         ax.axvline(1.0, color="gray", lw=0.8)
         ax.axvline(0.9, color="gray", lw=0.8, ls="--")
-        ax.set(title=title, xlabel=col)
+        ax.set(title=title, xlabel=f"{col} (1 = as the clean run)", ylabel="node set")
         ax.title.set_fontsize(9)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(title="dictionary", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -61,7 +62,7 @@ def plot_edits(result):
     handles += [plt.Line2D([], [], color="k", marker=m, ls="", label=v) for v, m in markers.items()]
     handles += [plt.Line2D([], [], color="k", marker="*", ms=12, ls="", label="supervised (arithmetic)"),
                 plt.Line2D([], [], color="k", ls=":", label="no edit")]
-    axes[1].legend(handles=handles, fontsize=7, loc="best")
+    axes[1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -73,12 +74,12 @@ def plot_interpretability(result):
     for j, attr in enumerate(attrs):
         for v, g in result.f1[result.f1.attribute == attr].groupby("variant", sort=False):
             axes[0, j].hist(g.f1, bins=20, range=(0, 1), histtype="step", lw=1.5, label=v)
-        axes[0, j].set(title=f"{attr}: best latent F1 per value", xlabel="F1 = 2PR/(P+R)", ylabel="values x nodes")
+        axes[0, j].set(title=f"{attr}: best latent F1 per value", xlabel="F1 of the best latent", ylabel="attribute values x nodes")
         c = result.cosine[result.cosine.attribute.str.split(",").map(lambda a, attr=attr: attr in a)]
         for v, g in c.groupby("variant", sort=False):
             axes[1, j].hist(g.cosine, bins=20, range=(0, 1), histtype="step", lw=1.5, label=v)
         axes[1, j].set(title=f"{attr}: max cosine of each supervised code with a decoder row",
-                       xlabel="cosine", ylabel="codes x nodes")
+                       xlabel="cosine similarity", ylabel="supervised codes x nodes")
         for ax in axes[:, j]:
             ax.title.set_fontsize(9)
     axes[0, 0].legend(fontsize=7)

@@ -177,7 +177,9 @@ def run(model, cfg: Config) -> Result:
 
 def figures(result: Result) -> dict[str, Figure]:
     """``{"shrinkage": ...}``: fidelity vs L0, gamma vs L0 (both definitions) and the l2-ratio
-    histograms, one panel each."""
+    histograms, one titled panel each. The definitions behind the words: loss recovered =
+    (CE_zero - CE_sae) / (CE_zero - CE_clean); gamma (sae-lens) = E||x_hat||^2 / E[x_hat.x],
+    gamma (projection) = E[x_hat.x] / E||x||^2; l2 ratio = ||x_hat|| / ||x||."""
     t = result.table
     fig, axes = subplots(1, 4, figsize=(18, 4))
     for arch, g in t.groupby("architecture"):
@@ -186,15 +188,18 @@ def figures(result: Result) -> dict[str, Figure]:
         axes[1].plot(g.l0, g.fvu, "o-", label=arch)
         axes[2].plot(g.l0, g.gamma_saelens, "o-", label=f"{arch}")
         axes[2].plot(g.l0, g.gamma_proj, "x--", color=axes[2].lines[-1].get_color())
-    axes[0].set(xlabel="L0 (mean active latents per token)", xscale="log",
-                ylabel="loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)")
-    axes[1].set(xlabel="L0", xscale="log", ylabel="FVU = E||x - x_hat||^2 / total variance")
+    axes[0].set(title="Fidelity: loss recovered", xlabel="active latents per token (L0)", xscale="log",
+                ylabel="loss recovered (vs zero-ablation)")
+    axes[1].set(title="Fidelity: unexplained variance", xlabel="active latents per token (L0)", xscale="log",
+                ylabel="fraction of variance unexplained")
     axes[2].axhline(1.0, color="gray", lw=0.5)
-    axes[2].set(xlabel="L0", xscale="log", ylabel="gamma: o E||x_hat||^2/E[x_hat.x], x E[x_hat.x]/E||x||^2")
+    axes[2].set(title="Shrinkage (1 = none; o sae-lens, x projection)", xlabel="active latents per token (L0)",
+                xscale="log", ylabel="shrinkage factor gamma")
     for name, r in result.l2_ratios.items():
         if name.endswith(str(result.table.param.iloc[0])) or "refit" in name or name.split()[0] in ("topk", "jumprelu"):
             axes[3].hist(r, bins=60, range=(0, 1.6), histtype="step", label=name)
-    axes[3].set(xlabel="l2 ratio ||x_hat|| / ||x|| per token", ylabel="tokens")
+    axes[3].set(title="Reconstruction norm per token", xlabel="norm of reconstruction / norm of input",
+                ylabel="tokens")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()

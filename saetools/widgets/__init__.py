@@ -12,6 +12,7 @@ from saetools.widgets.makelov import (
     toy_occlusion_figure,
 )
 from saetools.widgets.plots import heatmap, scatter_roles
+from saetools.widgets.tables import human_column_names, show_human_column_names
 
 __all__ = [
     "EditPlayground",
@@ -24,11 +25,13 @@ __all__ = [
     "dashboard_html",
     "edit_table",
     "heatmap",
+    "human_column_names",
     "latent_browser",
     "latent_html",
     "occlusion_figure",
     "oversplitting_figure",
     "scatter_roles",
+    "show_human_column_names",
     "table_html",
     "toy_occlusion_figure",
 ]

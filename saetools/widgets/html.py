@@ -156,7 +156,10 @@ def attention_heads_html(
 
 
 def table_html(df: pd.DataFrame, *, float_format: str = "{:.3f}") -> OfflineHTML:
-    """A DataFrame as a compact HTML table (the static fallback of the panels)."""
+    """A DataFrame as a compact HTML table (the static fallback of the panels), column names in
+    words (:func:`saetools.widgets.tables.human_column_names`)."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"table_html takes a pandas DataFrame, got {type(df).__name__}")
-    return OfflineHTML(df.to_html(index=False, float_format=float_format.format, border=0))
+    from saetools.widgets.tables import human_column_names
+
+    return OfflineHTML(human_column_names(df).to_html(index=False, float_format=float_format.format, border=0))

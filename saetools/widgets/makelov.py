@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from saetools.widgets.html import OfflineHTML, WidgetWithFallback, table_html
+from saetools.widgets.tables import human_column_name
 
 __all__ = [
     "EditPlayground", "OverSplittingExplorer", "edit_table", "figure_svg", "occlusion_figure", "oversplitting_figure",
@@ -288,7 +289,7 @@ def _edit_html(table: pd.DataFrame) -> str:
             return f"<td{style}>{v:+.3f}</td>" if col.startswith("change ") else f"<td{style}>{v:.3f}</td>"
         return f"<td>{html.escape(str(v))}</td>"
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    head = "".join(f"<th>{html.escape(str(human_column_name(c)))}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(cell(c, v) for c, v in zip(table.columns, r)) + "</tr>"
                    for r in table.itertuples(index=False))
     return f"<table border=0><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

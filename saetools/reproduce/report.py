@@ -1,7 +1,7 @@
 """The HTML report of ``saetools reproduce``: pages that stand alone, offline.
 
 Each executed notebook becomes one page (nbconvert's JupyterLab look, through the template in
-``saetools/templates/saetools_report``) that loads nothing from the network:
+``saetools/reproduce/templates/saetools_report``) that loads nothing from the network:
 
 * no require.js, MathJax, Mermaid or widget renderer from a CDN;
 * interactive widgets cannot run without a kernel, so each one is shown by its static fallback:
@@ -93,7 +93,7 @@ def export_html(nb_path: str | Path, html_path: str | Path) -> Path:
 
 
 def _commit() -> str:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return "(installed package, not a git checkout)"
     try:

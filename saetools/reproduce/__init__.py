@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from saetools.data.files import atomic_file, atomic_write_text, check_writable_dir
-from saetools.report import export_html, write_index
+from saetools.reproduce.report import export_html, write_index
 
 __all__ = [
     "PROFILES", "MissingExtraError", "NotebookResult", "copy_notebooks", "execute_notebook", "find_notebooks", "notebooks_dir",
@@ -32,7 +32,7 @@ def notebooks_dir() -> Path:
     A wheel (``pip install saetools``) carries them inside the package (``saetools/notebooks``);
     a clone of the repository (an editable install) has them in its top-level ``notebooks/``.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the saetools package
     for candidate in (here / "notebooks", here.parent / "notebooks"):
         if candidate.is_dir() and any(candidate.glob("*.ipynb")):
             return candidate
