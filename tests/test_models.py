@@ -136,3 +136,15 @@ def test_loaded_models_use_the_fast_gelu_and_match_transformer_lens(bundled_mode
             for block in bundled_model.blocks:
                 block.mlp.act_fn = gelu_new
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-5)
+
+
+def test_loaded_models_keep_the_unembedding_in_the_layout_transformer_lens_reads(bundled_model):
+    """``Unembed`` reads ``W_U.T.contiguous()``: the loaded layout makes that free, same logits."""
+    W = bundled_model.W_U
+    assert W.T.is_contiguous() and W.T.contiguous().data_ptr() == W.data_ptr()
+    tokens = torch.randint(1, bundled_model.cfg.d_vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = bundled_model(tokens)
+        resid = bundled_model(tokens, stop_at_layer=bundled_model.cfg.n_layers)
+        reference = bundled_model.ln_final(resid) @ W.detach().contiguous() + bundled_model.b_U
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)

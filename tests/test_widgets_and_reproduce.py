@@ -109,3 +109,31 @@ def test_reproduce_without_its_extra_names_the_extra(tmp_path, capsys, monkeypat
     assert cli.main(["reproduce", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "papermill" in err and 'pip install "saetools[reproduce]"' in err
+
+
+def test_the_index_page_states_the_run(tmp_path):
+    from saetools.reproduce import NotebookResult, write_index
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("claims = x.check(result)")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": "<table><tr><td>claim A</td></tr></table>"})]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "01_x.ipynb")
+    ok = NotebookResult("01_x", True, 12.5, tmp_path / "01_x.ipynb", None)
+    bad = NotebookResult("02_y", False, 3.0, tmp_path / "02_y.ipynb", None, "ClaimFailed: no (cell 4)")
+    page = write_index([ok, bad], tmp_path, {"model_name": "tiny-ioi", "profile": "smoke"}).read_text()
+    for fact in ("date", "commit", "python", "torch", "sae-lens", "transformer-lens", "device", "tiny-ioi"):
+        assert f">{fact}<" in page or fact in page, fact
+    assert "12.5 s" in page and "15.5 s in all" in page and "1 of 2 passed" in page
+    assert "claim A" in page and "ClaimFailed: no" in page
+
+
+def test_environment_yml_installs_the_tested_pins_not_editable():
+    import yaml
+
+    from saetools.reproduce import notebooks_dir
+
+    env = yaml.safe_load((notebooks_dir().parent / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "--constraint constraints/ci.txt" in pip and ".[lab,reproduce]" in pip
+    assert not any(line.startswith(("-e", "--editable")) for line in pip)

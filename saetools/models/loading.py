@@ -35,6 +35,7 @@ __all__ = [
     "gelu_new",
     "save_model",
     "use_fast_gelu",
+    "use_fast_unembed",
     "bundled_model_dir",
     "bundled_model_config",
     "random_gpt2_small",
@@ -93,11 +94,26 @@ def use_fast_gelu(model) -> None:
             block.mlp.act_fn = gelu_new
 
 
+def use_fast_unembed(model) -> None:
+    """Store ``W_U`` so that TransformerLens's unembedding stops copying it on every forward pass.
+
+    ``Unembed.forward`` computes ``F.linear(x, W_U.T.contiguous())``: with ``W_U`` laid out
+    ``[d_model, d_vocab]`` row-major, that is a fresh copy of the whole matrix per call (150 MB
+    and about 0.1 s on a CPU for GPT-2). Keeping the same values in column-major layout makes
+    ``W_U.T`` contiguous already, so the copy is skipped; results are unchanged.
+    :func:`load_model` and :func:`build_model` do this for every model they return.
+    """
+    W = model.unembed.W_U
+    if not W.T.is_contiguous():
+        model.unembed.W_U = torch.nn.Parameter(W.detach().T.contiguous().T, requires_grad=W.requires_grad)
+
+
 def build_model(cfg: HookedTransformerConfig, tokenizer=None) -> HookedSAETransformer:
     """A randomly initialised ``HookedSAETransformer`` (uses the global torch RNG)."""
     with _quiet():
         model = HookedSAETransformer(cfg, tokenizer=tokenizer)
     use_fast_gelu(model)
+    use_fast_unembed(model)
     return model
 
 
@@ -204,6 +220,7 @@ def _load_pretrained(name: str, repo: str, *, device, dtype) -> HookedSAETransfo
     with _quiet(), _offline(not online):
         model = HookedSAETransformer.from_pretrained(name, device=device, dtype=dtype)
     use_fast_gelu(model)
+    use_fast_unembed(model)
     return model.eval()
 
 
