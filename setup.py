@@ -1,10 +1,24 @@
-"""The one thing pyproject.toml cannot say: the repository's top-level ``notebooks/`` folder ships
-inside the package as ``saetools.notebooks`` (so ``pip install`` and ``saetools notebooks DIR``
-give users the notebooks, and an editable install maps it to the repository folder)."""
+"""The one thing pyproject.toml cannot say: a wheel carries the repository's top-level notebooks
+as ``saetools/notebooks`` (so ``pip install`` users get them: ``saetools notebooks DIR``,
+``saetools reproduce``). An editable install reads ``notebooks/`` in place instead."""
 
-from setuptools import find_namespace_packages, setup
+from pathlib import Path
 
-setup(
-    packages=[*find_namespace_packages(include=["saetools", "saetools.*"]), "saetools.notebooks"],
-    package_dir={"saetools.notebooks": "notebooks"},
-)
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+
+class BuildPyWithNotebooks(build_py):
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        dest = Path(self.build_lib) / "saetools" / "notebooks"
+        self.mkpath(str(dest))
+        for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
+            self.copy_file(str(notebook), str(dest / notebook.name))
+
+
+setup(cmdclass={"build_py": BuildPyWithNotebooks})
