@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--model", default="tiny-ioi",
                      help="tiny-ioi (bundled, default), gpt2 or another TransformerLens model name")
     rep.add_argument("--profile", default="smoke", choices=PROFILES,
-                     help="smoke: minutes on a CPU; test: seconds, any model, no science; "
+                     help="smoke: minutes on a CPU; cpu: the bundled models trained to convergence, the "
+                          "papers' comparisons at matched L0 (up to 10 minutes per notebook on 2 cores); "
+                          "test: seconds, any model, no science; "
                           "full: the paper-scale run (a GPU; refused when the GPU cannot hold it)")
     rep.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output folder")
     rep.add_argument("--notebooks", type=Path, default=None,

@@ -121,6 +121,30 @@ def _fit(sae, trainer_cfg, store: ActivationStore, *, seed: int, batch_size: int
     return trained.eval()
 
 
+def _trainer_config(*, total_samples, batch_size, lr, lr_end, adam_betas, checkpoint_dir, **rest):
+    """sae-lens's ``SAETrainerConfig`` for :func:`train_sae` (no logging to wandb)."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    return SAETrainerConfig(
+        total_training_samples=total_samples, train_batch_size_samples=batch_size, lr=lr, lr_end=lr_end,
+        adam_beta1=adam_betas[0], adam_beta2=adam_betas[1], logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=None if checkpoint_dir is None else str(checkpoint_dir), **rest)
+
+
+def _check_train_args(*, n_checkpoints, checkpoint_dir, adam_betas, dead_feature_window, lr, lr_end) -> None:
+    """:func:`train_sae`'s argument checks, before any work."""
+    if n_checkpoints and checkpoint_dir is None:
+        raise ValueError(f"n_checkpoints={n_checkpoints} needs checkpoint_dir: the folder to write them to")
+    if len(adam_betas) != 2 or not all(0 <= b < 1 for b in adam_betas):
+        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas}")
+    if dead_feature_window is not None and dead_feature_window < 1:
+        raise ValueError(f"dead_feature_window must be >= 1 step, got {dead_feature_window}")
+    if lr_end is not None and not 0 <= lr_end <= lr:
+        raise ValueError(f"lr_end must be in [0, lr={lr}], got {lr_end}")
+    if checkpoint_dir is not None:
+        check_writable_dir(checkpoint_dir, what="checkpoints")  # before training, not at the first checkpoint
+
+
 def train_sae(
     acts: Float[Tensor, "n d"] | ActivationStore,
     cfg,
@@ -131,6 +155,9 @@ def train_sae(
     seed: int = 0,
     lr_warm_up_steps: int = 0,
     lr_decay_steps: int = 0,
+    lr_end: float | None = None,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    dead_feature_window: int | None = None,
     checkpoint_dir: str | Path | None = None,
     n_checkpoints: int = 0,
     resume_from: str | Path | None = None,
@@ -144,15 +171,17 @@ def train_sae(
     :mod:`saetools.saes.gated_faithful`). sae-lens shows a progress bar.
 
     Args:
-        acts: training activations ``[n, d_in]``, or an :class:`~saetools.activations.ActivationStore`
-            (in memory or streamed from disk).
-        cfg: a sae-lens ``TrainingSAEConfig`` subclass instance (its architecture picks the
-            class through sae-lens's registry).
+        acts: activations ``[n, d_in]`` or an :class:`~saetools.activations.ActivationStore`.
+        cfg: a sae-lens ``TrainingSAEConfig`` (its architecture picks the class).
         total_samples: activations to train on (``total_samples // batch_size`` steps).
         batch_size: activations per step.
         lr: Adam learning rate.
         seed: seeds the initialisation and the batch order (global RNG untouched).
-        lr_warm_up_steps / lr_decay_steps: sae-lens's schedule.
+        lr_warm_up_steps / lr_decay_steps / lr_end: sae-lens's schedule: linear warm-up, then
+            linear decay to ``lr_end`` (default ``lr / 10``) over the last ``lr_decay_steps``.
+        adam_betas: Adam's betas (the top-AFA authors: ``(0.9, 0.99)``).
+        dead_feature_window: steps without firing that make a latent dead (AuxK); default a
+            quarter of the run (the top-AFA authors: 5). Gradients are clipped at norm 1 (sae-lens).
         checkpoint_dir: where sae-lens writes ``n_checkpoints`` evenly spaced checkpoints
             (weights, optimizer, schedulers, sparsity statistics; plus our stream position).
         n_checkpoints: how many intermediate checkpoints to write.
@@ -169,12 +198,9 @@ def train_sae(
         :func:`saetools.saes.save_sae` writes it in sae-lens's inference format).
     """
     from sae_lens import TrainingSAE
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
 
-    if n_checkpoints and checkpoint_dir is None:
-        raise ValueError(f"n_checkpoints={n_checkpoints} needs checkpoint_dir: the folder to write them to")
-    if checkpoint_dir is not None:
-        check_writable_dir(checkpoint_dir, what="checkpoints")  # before training, not at the first checkpoint
+    _check_train_args(n_checkpoints=n_checkpoints, checkpoint_dir=checkpoint_dir, adam_betas=adam_betas,
+                      dead_feature_window=dead_feature_window, lr=lr, lr_end=lr_end)
     store = acts if isinstance(acts, ActivationStore) else ActivationStore.in_memory(acts)
     if store.d_in != cfg.d_in:
         raise ValueError(f"acts must be [n, d_in={cfg.d_in}], got width {store.d_in}")
@@ -188,14 +214,12 @@ def train_sae(
     steps = total_samples // batch_size
     if n_batches_for_norm_estimate is None:
         n_batches_for_norm_estimate = min(1000, max(1, len(store) // batch_size))
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=total_samples, train_batch_size_samples=batch_size, lr=lr,
-        lr_end=lr / 10, lr_warm_up_steps=lr_warm_up_steps, lr_decay_steps=lr_decay_steps,
-        device=device, logger=LoggingConfig(log_to_wandb=False),
-        dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
-        n_batches_for_norm_estimate=n_batches_for_norm_estimate,
-        n_checkpoints=n_checkpoints, checkpoint_path=None if checkpoint_dir is None else str(checkpoint_dir),
-    )
+    trainer_cfg = _trainer_config(
+        total_samples=total_samples, batch_size=batch_size, lr=lr, lr_end=lr / 10 if lr_end is None else lr_end,
+        lr_warm_up_steps=lr_warm_up_steps, lr_decay_steps=lr_decay_steps, adam_betas=adam_betas, device=device,
+        dead_feature_window=max(1, steps // 4) if dead_feature_window is None else dead_feature_window,
+        feature_sampling_window=max(1, steps // 2), n_batches_for_norm_estimate=n_batches_for_norm_estimate,
+        n_checkpoints=n_checkpoints, checkpoint_dir=checkpoint_dir)
     ckpt, state = _resume_point(resume_from, seed=seed, batch_size=batch_size)
     if state is not None:
         sae.load_weights_from_checkpoint(ckpt)

@@ -82,8 +82,10 @@ def test_norm_r2_on_a_planted_quadratic_norm():
     r2, fit = dm.norm_r2(x, err, fit_idx, eval_idx)
     assert r2 == pytest.approx(0.5, abs=R2_TOL)
     torch.testing.assert_close(fit.weight, v, atol=0.05, rtol=0)
-    dec = dm.decompose_reconstruction(x, x - err, split=(fit_idx, eval_idx))
+    dec = dm.decompose_reconstruction(x, x - err, split=(fit_idx, eval_idx), norm_intercept=True)
     assert dec.norm_r2 == pytest.approx(r2) and dec.vector_r2 < 0.02
+    plain = dm.decompose_reconstruction(x, x - err, split=(fit_idx, eval_idx))  # the paper's: no intercept
+    assert plain.norm_r2 == pytest.approx(dm.norm_r2(x, err, fit_idx, eval_idx, intercept=False)[0])
 
 
 def test_norm_r2_matrix_against_a_pairwise_reference():

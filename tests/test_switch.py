@@ -9,6 +9,7 @@ from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 import saetools
+from saetools.models.text import corpus_tokens
 from saetools.saes import load_sae, save_sae
 from saetools.saes.switch import (
     SwitchSAE,
@@ -228,7 +229,7 @@ def test_save_load_and_splice_into_the_bundled_model(bundled_model, tmp_path):
 
 
 def test_train_sae_trains_a_switch_sae(bundled_model, tmp_path):
-    tokens, keep = saetools.models.text.corpus_tokens(bundled_model, 60, seed=0)
+    tokens, keep = corpus_tokens(bundled_model, 60, seed=0)
     acts = saetools.collect_activations(bundled_model, tokens, HOOK, mask=keep)
     cfg = SwitchTrainingSAEConfig(d_in=128, d_sae=512, n_experts=4, k=8, metadata=SAEMetadata(hook_name=HOOK),
                                   normalize_activations="expected_average_only_in")

@@ -11,6 +11,7 @@ from sae_lens import SAE, HookedSAETransformer, TrainingSAE
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 import saetools
+from saetools.models.text import corpus_tokens
 from saetools.saes.topafa import (
     LAST_PREFIX_SENTINEL,
     TopAFASAE,
@@ -26,14 +27,16 @@ HOOK = "blocks.2.hook_resid_pre"
 
 
 def naive_topafa_mask(acts: torch.Tensor, decoder_norms: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """docs/lee2025_top_afa.md steps 4-6 literally, one token at a time, with a full descending sort."""
+    """docs/lee2025_top_afa.md steps 4-6 literally, one token at a time, with a full descending sort,
+    and the authors' sentinel: the last *squared* prefix sum is set to 1e8 before the square root."""
     flat, t = acts.reshape(-1, acts.shape[-1]), target.reshape(-1)
     out = torch.zeros_like(flat, dtype=torch.bool)
     for i in range(flat.shape[0]):
         scores = (flat[i] * decoder_norms).square()
         order = torch.argsort(scores, descending=True)
-        cum = scores[order].cumsum(0).sqrt()
+        cum = scores[order].cumsum(0)
         cum[-1] = LAST_PREFIX_SENTINEL
+        cum = cum.sqrt()
         k = int((cum - t[i]).abs().argmin()) + 1
         out[i, order[:k]] = True
     return out.reshape(acts.shape)
@@ -55,6 +58,31 @@ def test_topafa_mask_matches_naive_reference(h):
     positive = acts > 0  # ties among zero scores may be broken differently; those latents output 0 anyway
     assert torch.equal(got & positive, want & positive)
     assert torch.equal(topafa_mask(acts, norms, target, start_k=h), got)  # the search start is performance only
+
+
+@pytest.mark.parametrize(("target", "k"), [(4000.0, 2), (9000.0, 3)])
+def test_sentinel_is_the_authors_squared_sum(target, k):
+    """The authors set the last squared prefix sum to 1e8 (a norm of 1e4): a target nearer 1e4 than
+    every shorter prefix keeps every latent; one nearer the last real prefix does not."""
+    acts = torch.tensor([[3.0, 2.0, 1.0]])
+    got = topafa_mask(acts, torch.ones(3), torch.tensor([target]))
+    assert int(got.sum()) == k
+
+
+def test_auxk_residual_is_not_detached_unless_asked():
+    """As in the authors' code, AuxK's gradient also reaches the live latents through x_hat;
+    ``aux_detach=True`` (sae-lens's TopK convention) stops it there."""
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(3))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:10] = True
+    grads = {}
+    for detach in (False, True):
+        sae = _training_sae(afa_coefficient=0.0, aux_k=4, aux_coefficient=1.0, aux_detach=detach)
+        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"afa": 0.0}, dead_neuron_mask=dead,
+                                                       n_training_steps=0, is_logging_step=False))
+        out.losses["auxiliary_reconstruction_loss"].backward()
+        grads[detach] = sae.W_enc.grad[:, 10:].abs().sum().item()  # the live latents' encoder columns
+    assert grads[False] > 0 and grads[True] == 0
 
 
 def test_topafa_mask_hand_computed():
@@ -198,7 +226,7 @@ def test_splice_into_bundled_model_error_term_invariance(bundled_model):
     inference = TopAFASAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
     inference.load_state_dict(sae.state_dict())
     inference.eval()
-    tokens, _ = saetools.models.text.corpus_tokens(bundled_model, 4, seed=0)
+    tokens, _ = corpus_tokens(bundled_model, 4, seed=0)
     with torch.no_grad():
         clean = bundled_model(tokens)
         with splice(bundled_model, inference, use_error_term=True):

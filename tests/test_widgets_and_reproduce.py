@@ -115,8 +115,16 @@ def test_the_index_page_states_the_run(tmp_path):
     from saetools.reproduce import NotebookResult, write_index
 
     nb = nbformat.v4.new_notebook()
+    from saetools.experiments.protocol import Claims, Headline
+
+    claims = Claims({"b": "the model lacks it"}, headlines={"a": Headline("claim A", "0.9"), "b": Headline("claim B", "1")})
+    claims("a", True, "0.95")
+    claims("b", False, "0.1")
+    claims.untestable("c", "too short", paper="2x")
+    table = claims.table()
     cell = nbformat.v4.new_code_cell("claims = x.check(result)")
-    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": "<table><tr><td>claim A</td></tr></table>"})]
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": table.to_html(),
+                                                                  **table._repr_mimebundle_()})]
     nb.cells = [cell]
     nbformat.write(nb, tmp_path / "01_x.ipynb")
     ok = NotebookResult("01_x", True, 12.5, tmp_path / "01_x.ipynb", None)
@@ -126,6 +134,14 @@ def test_the_index_page_states_the_run(tmp_path):
         assert f">{fact}<" in page or fact in page, fact
     assert "12.5 s" in page and "15.5 s in all" in page and "1 of 2 passed" in page
     assert "claim A" in page and "ClaimFailed: no" in page
+    assert "3 claims: 1 reproduced, 1 not reproduced, 1 not testable at this profile" in page
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "claims.csv", keep_default_na=False)
+    assert list(csv.columns) == ["notebook", "key", "claim", "paper", "run", "verdict", "why"]
+    assert csv.values.tolist() == [["01_x", "a", "claim A", "0.9", "0.95", "reproduced", ""],
+                                   ["01_x", "b", "claim B", "1", "0.1", "not reproduced", "the model lacks it"],
+                                   ["01_x", "c", "c", "2x", "", "not testable at this profile", "too short"]]
 
 
 def test_environment_yml_installs_the_tested_pins_not_editable():

@@ -161,7 +161,10 @@ class SupervisedDictionary:
         * ``"arithmetic"``: ``x - u_old + u_new``;
         * ``"zero_ablate_subspace"``: remove ``x``'s component along ``u_old / ||u_old||``, add ``u_new``;
         * ``"mean_ablate_subspace"``: set that component to the dataset mean's
-          (``<u_bias, dir>``), add ``u_new``.
+          (``<u_bias, dir>``), add ``u_new``. This is the intended operation; the authors' code
+          subtracts the scalar ``<mean, dir>`` from every coordinate before projecting (so the
+          component along ``dir`` becomes ``<mean, dir> * sum(dir)``), which agrees only when
+          ``sum(dir) = 1``.
 
         The subspace variants are applied group by group (they do not commute).
         """

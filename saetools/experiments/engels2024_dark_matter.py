@@ -27,6 +27,9 @@ from matplotlib.figure import Figure
 from saetools.diagnostics import dark_matter as dm
 from saetools.diagnostics.dark_matter.pursuit import sae_gradient_pursuit
 from saetools.experiments.protocol import (
+    Claims,
+    ClaimsTable,
+    Headline,
     Profiles,
     claim,
     require_model,
@@ -34,8 +37,8 @@ from saetools.experiments.protocol import (
     tf32_on_cuda,
 )
 
-__all__ = ["NORM_GAP", "Config", "Result", "check", "figure_downstream", "figure_predictability",
-           "figure_scaling", "figures", "run"]
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "EARLIER", "FLAT_RATIO", "HEADLINES", "NORM_R2_MIN", "VECTOR_R2_RANGE", "Config", "Result", "check", "figure_downstream", "figure_predictability",
+           "cross_width_gain", "figure_scaling", "figures", "nonlinear_reduction", "run"]
 
 FEATURE_SPLITTING = tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288, 24576, 49152, 98304))
 
@@ -92,6 +95,9 @@ class Config(Profiles):
     """Synthetic model: fractions of live latents removed (lowest mean activation first)."""
     noise_sigmas: tuple[float, ...] = (0.0, 1.0)
     """Synthetic model: noise levels added to the activation and to the reconstruction."""
+    train_on_errors: bool = True
+    """Train a TopK SAE (the series' smallest width and ``k``) on each part of the widest SAE's
+    error, LinearError and NonlinearError, and compare how well each reconstructs its part."""
     seed: int = 0
     """Seeds the corpus, the training and the fit/eval split."""
 
@@ -119,6 +125,8 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        # 1,500 steps per SAE
+        "cpu": {"n_train_documents": 6000, "total_samples": 384_000, "n_documents": 1000},
         "test": {"context_size": 64, "widths": (32, 64, 128), "k": 4, "prev_width": 32, "n_train_documents": 24, "total_samples": 2048,
                  "n_documents": 450, "n_rows": 8, "n_splice_rows": 4, "pursuit_max_elements": 2**22},
         "full": {
@@ -130,7 +138,7 @@ class Config(Profiles):
             "noise_sigmas": (0.0, 0.5, 1.0),
         },
     }
-    """Named configurations: ``"smoke"`` (the bundled model on a CPU, under a minute) or ``"full"`` (GPT-2, a GPU)."""
+    """Named configurations: ``"cpu"`` (the bundled model trained to convergence: the papers' comparisons, at most 10 minutes on 2 CPU cores), ``"smoke"`` (the bundled model on a CPU, under a minute) or ``"full"`` (GPT-2, a GPU)."""
 
 
 @dataclass
@@ -160,6 +168,10 @@ class Result:
     """:func:`~saetools.diagnostics.dark_matter.component_regressions` onto the widest SAE's errors."""
     noise: pd.DataFrame
     """:func:`~saetools.diagnostics.dark_matter.noise_injection` on the widest SAE."""
+    nonlinear_saes: pd.DataFrame | None = None
+    """TopK SAEs trained on the widest SAE's ``LinearError`` and ``NonlinearError`` (fit half),
+    scored on the held-out half: ``target``, ``fvu`` (of that target), ``l0`` (None when
+    ``train_on_errors`` is off)."""
     seconds: float = 0.0
     """Wall time of :func:`run`."""
     meta: dict = field(default_factory=dict)
@@ -192,6 +204,26 @@ def _series(model, cfg: Config, hook: str, prev_hook: str) -> tuple[list, object
                                        lr=cfg.lr, seed=cfg.seed + w)
     saes = [out[(hook, w)] for w in cfg.widths]
     return saes, out[(prev_hook, cfg.prev_width)]
+
+
+def _error_saes(cfg: Config, top, hook: str) -> pd.DataFrame:
+    """TopK SAEs on each part of ``top``'s error (fit half), FVU of that part on the eval half."""
+    from sae_lens import TopKTrainingSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from saetools.training import train_sae
+
+    width, k = (cfg.widths[0], cfg.k) if cfg.source == "train" else (4 * top.x.shape[1], 32)
+    rows = []
+    for i, (name, part) in enumerate((("LinearError", top.linear_error), ("NonlinearError", top.nonlinear_error))):
+        fit, held = part[top.fit_idx].detach().float().cpu(), part[top.eval_idx].detach().float().cpu()
+        sae_cfg = TopKTrainingSAEConfig(k=k, d_in=fit.shape[1], d_sae=width, metadata=SAEMetadata(hook_name=hook),
+                                        normalize_activations="expected_average_only_in")
+        sae = train_sae(fit, sae_cfg, total_samples=cfg.total_samples, batch_size=cfg.batch_size, lr=cfg.lr,
+                        seed=cfg.seed + 7 + i)
+        with torch.no_grad():
+            rows.append({"target": name, "fvu": dm.fvu(held, sae(held)), "l0": float(k), "width": width})
+    return pd.DataFrame(rows)
 
 
 def _analysis_tokens(model, cfg: Config):
@@ -253,11 +285,12 @@ def run(model, cfg: Config) -> Result:
     rows, decs = [], []
     for sae in saes:
         dec = dm.decompose(sae, x, split=split)
+        norm_r2_intercept = dm.norm_r2(x, dec.sae_error, *split, intercept=True)[0]
         gp = sae_gradient_pursuit(sae, x, variant=cfg.pursuit_variant, max_elements=cfg.pursuit_max_elements)
         gp_dec = dm.decompose_reconstruction(x, gp.reconstruction.to(x), split=split)
         ce = dm.splice_ce(model, sae, dec.linear, tokens[: cfg.n_splice_rows], mask[: cfg.n_splice_rows])
         rows.append({"width": sae.cfg.d_sae, **{k: v for k, v in dec.summary().items() if k not in ("n_fit", "n_eval")},
-                     "fvu_pursuit": gp_dec.fvu_sae(), "fvu_pursuit_linear": gp_dec.fvu_sae_linear(),
+                     "norm_r2_intercept": norm_r2_intercept, "fvu_pursuit": gp_dec.fvu_sae(), "fvu_pursuit_linear": gp_dec.fvu_sae_linear(),
                      "pursuit_l0": float(gp.l0.double().mean()), **{f"ce_{k}": v for k, v in ce.items()}})
         decs.append(dec)
     table = pd.DataFrame(rows)
@@ -286,9 +319,11 @@ def run(model, cfg: Config) -> Result:
     components = dm.component_regressions(sources, targets, fit_idx, eval_idx)
     noise = dm.noise_injection(saes[-1], x, ablate_fractions=cfg.noise_ablate_fractions,
                                act_sigmas=cfg.noise_sigmas, recon_sigmas=cfg.noise_sigmas, seed=cfg.seed)
+    nonlinear_saes = _error_saes(cfg, top, hook) if cfg.train_on_errors else None
     return Result(
         config=cfg, table=table, power_law=law, regions=regions, trend=trend, norm_r2=r,
         norm_r2_with_nonlinear=r_nl, norm_excerpt=norms[:, :100].numpy(), components=components, noise=noise,
+        nonlinear_saes=nonlinear_saes,
         seconds=time.perf_counter() - t0,
         meta={"hook_name": hook, "prev_hook_name": prev, "d_in": int(x.shape[1]), "component_hooks": parts, "tokens": int(x.shape[0]),
               "fit_tokens": len(fit_idx), "eval_tokens": len(eval_idx), "prev_sae_width": prev_sae.cfg.d_sae,
@@ -322,6 +357,13 @@ def figure_scaling(result: Result):
     return fig
 
 
+def cross_width_gain(r: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """``[i, j]``: the share of what ``||SaeError_i||`` leaves unexplained in ``||SaeError_j||``
+    (R^2 ``r``, :attr:`Result.norm_r2`) that adding ``||NonlinearError_i||`` explains (R^2
+    ``extra``, :attr:`Result.norm_r2_with_nonlinear`): ``(extra - r) / (1 - r)``, the authors' plot."""
+    return (extra - r) / np.clip(1 - r, 1e-12, None)
+
+
 def figure_predictability(result: Result):
     """Vector vs norm R^2, the cross-width R^2 matrix, the gain from ||NonlinearError||, per-token norms."""
     t = result.table
@@ -329,12 +371,12 @@ def figure_predictability(result: Result):
     fig, axes = subplots(1, 4, figsize=(20, 4.2))
     pos = np.arange(len(t))
     axes[0].bar(pos - 0.2, t.vector_r2, 0.4, label="vector R² (mean over dims)")
-    axes[0].bar(pos + 0.2, t.norm_r2, 0.4, label="norm R² (||SaeError||² from x)")
+    axes[0].bar(pos + 0.2, t.norm_r2, 0.4, label="norm R² (||SaeError||² from x, no intercept)")
     axes[0].set(xticks=pos, xticklabels=labels, xlabel="width", ylabel="held-out R²")
     axes[0].legend(fontsize=7)
     for ax, mat, title in ((axes[1], result.norm_r2, "R² of ||err_j|| from ||err_i||"),
-                           (axes[2], 100 * (result.norm_r2_with_nonlinear - result.norm_r2),
-                            "extra R² (points) from adding ||NonlinearError_i||")):
+                           (axes[2], 100 * cross_width_gain(result.norm_r2, result.norm_r2_with_nonlinear),
+                            "% of the unexplained variance explained\nby adding ||NonlinearError_i||")):
         im = ax.imshow(mat, cmap="viridis")
         ax.set(xticks=pos, xticklabels=labels, yticks=pos, yticklabels=labels, xlabel="target width j",
                ylabel="source width i", title=title)
@@ -381,50 +423,134 @@ def figures(result: Result) -> dict[str, Figure]:
             "downstream": figure_downstream(result)}
 
 
-NORM_GAP = 0.1
-"""How far norm R^2 must sit above vector R^2 at every width for "well above"."""
+NORM_R2_MIN = 0.9
+"""The paper's "> 90% of the error norm is linearly predictable"."""
+VECTOR_R2_RANGE = (0.3, 0.7)
+""""About half of the error vector" is linearly predictable: its R^2 inside this range."""
+FLAT_RATIO = 0.5
+""""Roughly flat": FVU(Sae + LinearError) changes across the series by at most this fraction of
+FVU(Sae)'s relative change."""
+
+HEADLINES: dict[str, Headline] = {
+    "norm predictable": Headline("most of the SAE error's norm is linearly predictable from the activation",
+                                 "> 90% of the norm (norm R^2 > 0.9)"),
+    "vector about half": Headline("about half of the SAE error vector is linearly predictable",
+                                  "about half (vector R^2 near 0.5)"),
+    "nonlinear error flat": Headline("the nonlinear error does not shrink with width: FVU(Sae + LinearError) is "
+                                     "roughly flat while FVU(Sae) falls", "roughly flat in W at L0 about 60"),
+    "power law plus constant": Headline("FVU(Sae) follows a power law plus a constant in the width",
+                                        "FVU = c + a W^m fits the series"),
+    "same tokens": Headline("bigger SAEs fail on the same tokens (error norms predict each other across widths)",
+                            "high off-diagonal R^2 of per-token error norms"),
+    "introduced error unpredictable": Headline(
+        "error introduced in the reconstruction is not linearly predictable; dense noise in the activation is",
+        "synthetic model: introduced noise at chance, activation noise predictable"),
+    "pursuit slight": Headline("inference-time gradient pursuit lowers the nonlinear error only slightly, less "
+                               "than linear maps from earlier components", "'very slightly'"),
+    "nonlinear SAE worse": Headline("an SAE trained on the nonlinear error reconstructs it worse than one trained "
+                                    "on the linear error", "worse FVU on NonlinearError (Gemma 2 2B layer 12)"),
+}
+"""Engels et al.'s headline claims (keys of :func:`check`'s table)."""
 
 
-def check(result: Result) -> None:
-    """The notebook's claims, measured on the held-out half.
+BUNDLED_EXPECTED_FAILURES: dict[str, str] = {
+    "norm predictable": (
+        "on tiny-ioi the SAE error's norm is about 78% linearly predictable at every width, short of the "
+        "paper's 90%; what the small model lacks (the norm's link to the activation's size or to rare "
+        "directions) is not established"),
+    "pursuit slight": (
+        "on tiny-ioi gradient pursuit removes more of the nonlinear error (about 15%) than any linear map "
+        "from the previous layer (under 5%): the previous layer's parts predict little of this layer's "
+        "nonlinear error in a 4-layer model"),
+}
+"""Claims the bundled ``tiny-ioi`` does not show, and why (strict expected failures in :func:`check`)."""
 
-    * Norm R^2 is well above vector R^2 (by ``NORM_GAP``) at every width; the linear prediction
-      lowers the FVU at every width.
-    * FVU(Sae) falls from the smallest to the largest width; the power law plus constant
-      describes the points (rmse under a tenth of their range); the stacked regions sum to it.
-    * Pursuit respects each token's L0; bigger SAEs fail on the same tokens (off-diagonal R^2
-      of the error norms above 0.5).
-    * Synthetic model: noise introduced in the reconstruction is not linearly predictable (R^2
-      within 0.05 of the chance level ``-d / n_fit``, vector and norm); dense noise in the
-      activation is (vector R^2 > 0.3).
-    * Splicing back either part of the error costs less CE than the plain SAE splice.
 
-    The nonlinear error's trend with width is reported (``result.trend``), not asserted.
+def nonlinear_reduction(result: Result) -> pd.DataFrame:
+    """How much of the widest SAE's nonlinear error each method removes, on one scale: the share
+    of ``||NonlinearError||^2`` it explains on held-out tokens. Gradient pursuit (at the SAE's
+    own L0, plus its linear prediction): ``1 - FVU(pursuit + LinearError) / FVU(Sae + LinearError)``;
+    a linear map from an earlier component: the vector R^2 of ``NonlinearError`` from that source."""
+    top = result.table.iloc[-1]
+    rows = [{"method": "gradient pursuit (same L0)",
+             "share_removed": 1 - top.fvu_pursuit_linear / top.fvu_sae_linear}]
+    comp = result.components[result.components.target == "NonlinearError"]
+    rows += [{"method": f"linear map from {r.source}", "share_removed": r.vector_r2} for r in comp.itertuples()]
+    return pd.DataFrame(rows)
+
+
+EARLIER = ("prev resid", "prev Sae", "prev SaeError", "prev NonlinearError", "attn z", "attn out", "mlp out")
+"""The components :func:`check` counts as earlier (the previous layer's residual and its parts)."""
+
+
+def check(result: Result, *, expected_failures: Mapping[str, str] | None = None) -> ClaimsTable:
+    """The paper's claims on this run (:data:`HEADLINES`), measured on the held-out half; raises
+    ``ClaimFailed``.
+
+    * norm R^2 above :data:`NORM_R2_MIN` and vector R^2 inside :data:`VECTOR_R2_RANGE` at every width;
+    * FVU(Sae) falls from the smallest to the largest width while FVU(Sae + LinearError) changes by
+      at most :data:`FLAT_RATIO` of that relative change; the power law plus constant describes
+      the points (rmse under a tenth of their range);
+    * bigger SAEs fail on the same tokens (off-diagonal R^2 of the error norms above 0.5);
+    * synthetic model: noise introduced in the reconstruction is at chance (R^2 within 0.05 of
+      ``-d / n_fit``, vector and norm), dense noise in the activation is predictable (vector R^2 > 0.3);
+    * pursuit removes a smaller share of the nonlinear error than the best linear map from an
+      earlier component (:func:`nonlinear_reduction`), and under a quarter of it.
+
+    Also asserted (mechanics): the linear prediction lowers the FVU at every width, the stacked
+    regions sum to FVU(Sae), pursuit respects each token's L0, and splicing back either part of
+    the error costs less CE than the plain SAE splice.
     """
+    claims = Claims(expected_failures, headlines=HEADLINES)
     t = result.table
-    gap = t.norm_r2 - t.vector_r2
-    claim((gap > NORM_GAP).all(), f"norm R^2 - vector R^2 by width: {dict(zip(t.width, gap.round(3)))}")
-    claim((t.fvu_sae_linear < t.fvu_sae).all(), f"FVU(Sae + LinearError) {t.fvu_sae_linear.round(4).tolist()} " \
-        f"should be below FVU(Sae) {t.fvu_sae.round(4).tolist()}")
-    claim(t.fvu_sae.iloc[-1] < t.fvu_sae.iloc[0], f"FVU(Sae) should fall with width: {t.fvu_sae.round(4).tolist()}")
-    spread = t.fvu_sae.max() - t.fvu_sae.min()
-    claim(result.power_law.rmse < 0.1 * spread, f"power-law rmse {result.power_law.rmse:.4g} vs spread {spread:.4g}")
-    np.testing.assert_allclose(result.regions.drop(columns="width").sum(1), t.fvu_sae, atol=1e-9)
-    claim((t.pursuit_l0 <= t.l0 + 1e-9).all(), f"pursuit L0 {t.pursuit_l0.tolist()} above the SAE's {t.l0.tolist()}")
+    widths = ", ".join(map(str, t.width))
+    claims("norm predictable", (t.norm_r2 > NORM_R2_MIN).all(),
+           f"norm R^2 {', '.join(f'{v:.3f}' for v in t.norm_r2)} without an intercept, as in the paper "
+           f"({', '.join(f'{v:.3f}' for v in t.norm_r2_intercept)} with one; widths {widths})")
+    lo, hi = VECTOR_R2_RANGE
+    claims("vector about half", t.vector_r2.between(lo, hi).all(),
+           f"vector R^2 {', '.join(f'{v:.3f}' for v in t.vector_r2)} (widths {widths})")
+    sae_change, lin_change = result.trend["fvu_sae_relative_change"], result.trend["fvu_sae_linear_relative_change"]
+    claims("nonlinear error flat", sae_change < 0 and abs(lin_change) <= FLAT_RATIO * abs(sae_change),
+           f"smallest -> largest width: FVU(Sae) {sae_change:+.1%}, FVU(Sae + LinearError) {lin_change:+.1%}")
+    rng = t.fvu_sae.max() - t.fvu_sae.min()
+    claims("power law plus constant", result.power_law.rmse < 0.1 * rng,
+           f"rmse {result.power_law.rmse:.2g} vs the points' range {rng:.2g} (c = {result.power_law.c:.3f})")
     r = result.norm_r2
     off = r[~np.eye(len(r), dtype=bool)]
-    claim(off.min() > 0.5, f"cross-width R^2 of error norms should be high off the diagonal, min {off.min():.3f}")
+    claims("same tokens", off.min() > 0.5, f"cross-width R^2 of error norms {off.min():.3f}-{off.max():.3f}")
     n = result.noise
     recon_only = n[(n.ablate_fraction == 0) & (n.act_sigma == 0) & (n.recon_sigma > 0)]
     act_only = n[(n.ablate_fraction == 0) & (n.act_sigma > 0) & (n.recon_sigma == 0)]
-    claim(len(recon_only) and len(act_only), "the noise grid needs 0 and a positive sigma")
-    # an unpredictable target scores about -d / n_fit out of sample (the fit's variance), not 0
-    chance = -result.meta["d_in"] / result.meta["fit_tokens"]
-    scores = recon_only[["vector_r2", "norm_r2"]]
-    claim(((scores - chance).abs() < 0.05).all().all(), \
-        f"introduced noise should be unpredictable (chance {chance:.3f}): {scores.round(3).to_dict('list')}")
-    claim((act_only.vector_r2 > 0.3).all(), f"activation noise should be predictable: {act_only.vector_r2.round(3).tolist()}")
+    if len(recon_only) and len(act_only):
+        # an unpredictable target scores about -d / n_fit out of sample (the fit's variance), not 0
+        chance = -result.meta["d_in"] / result.meta["fit_tokens"]
+        scores = recon_only[["vector_r2", "norm_r2"]]
+        claims("introduced error unpredictable",
+               ((scores - chance).abs() < 0.05).all().all() and (act_only.vector_r2 > 0.3).all(),
+               f"introduced: vector R^2 {', '.join(f'{v:.3f}' for v in scores.vector_r2)}, norm R^2 "
+               f"{', '.join(f'{v:.3f}' for v in scores.norm_r2)} (chance {chance:.3f}); activation noise: vector R^2 "
+               f"{', '.join(f'{v:.3f}' for v in act_only.vector_r2)}")
+    else:
+        claims.untestable("introduced error unpredictable", "the noise grid needs 0 and a positive sigma")
+    red = nonlinear_reduction(result).set_index("method").share_removed
+    pursuit = red.iloc[0]
+    earlier = red[[f"linear map from {c}" for c in EARLIER if f"linear map from {c}" in red.index]]
+    claims("pursuit slight", pursuit < 0.25 and pursuit < earlier.max(),
+           f"share of the nonlinear error removed: pursuit {pursuit:.3f}, best earlier component "
+           f"{earlier.max():.3f} ({earlier.idxmax()[len('linear map from '):]})")
+    if result.nonlinear_saes is None:
+        claims.untestable("nonlinear SAE worse", "this run trains no SAEs on the error parts (train_on_errors=False)")
+    else:
+        e = result.nonlinear_saes.set_index("target").fvu
+        claims("nonlinear SAE worse", e["NonlinearError"] > e["LinearError"],
+               f"FVU of an SAE on each part: NonlinearError {e['NonlinearError']:.3f}, LinearError {e['LinearError']:.3f}")
+
+    claim((t.fvu_sae_linear < t.fvu_sae).all(), f"FVU(Sae + LinearError) {t.fvu_sae_linear.round(4).tolist()} "
+          f"should be below FVU(Sae) {t.fvu_sae.round(4).tolist()}")
+    np.testing.assert_allclose(result.regions.drop(columns="width").sum(1), t.fvu_sae, atol=1e-9)
+    claim((t.pursuit_l0 <= t.l0 + 1e-9).all(), f"pursuit L0 {t.pursuit_l0.tolist()} above the SAE's {t.l0.tolist()}")
     for part in ("sae+linear", "sae+nonlinear"):
-        claim((t[f"ce_delta_{part}"] < t.ce_delta_sae).all(), \
-            f"CE cost of {part} {t[f'ce_delta_{part}'].round(4).tolist()} vs Sae {t.ce_delta_sae.round(4).tolist()}")
-    claim(all(np.isfinite(v) for v in result.trend.values()), f"trend not finite: {result.trend}")
+        claim((t[f"ce_delta_{part}"] < t.ce_delta_sae).all(),
+              f"CE cost of {part} {t[f'ce_delta_{part}'].round(4).tolist()} vs Sae {t.ce_delta_sae.round(4).tolist()}")
+    return claims.table()

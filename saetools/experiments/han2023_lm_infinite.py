@@ -16,7 +16,15 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from saetools.experiments.protocol import Claims, Profiles, require_model, subplots, tf32_on_cuda
+from saetools.experiments.protocol import (
+    Claims,
+    ClaimsTable,
+    Headline,
+    Profiles,
+    require_model,
+    subplots,
+    tf32_on_cuda,
+)
 from saetools.lminfinite import LMInfiniteConfig
 from saetools.lminfinite.evaluation import (
     VARIANTS,
@@ -59,11 +67,12 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {"max_factor": 16},
+        "cpu": {"n_docs": 8, "n_passkey": 30, "passkey_max_factor": 8},
         "test": {"n_docs": 1, "n_passkey": 2, "memory_lengths": (256, 512), "max_factor": 4,
                  "passkey_max_factor": 2},
         "full": {"n_docs": 16, "n_passkey": 50, "passkey_max_factor": 8},
     }
-    """Named configurations: ``"smoke"`` (about a minute on a CPU) or ``"full"`` (more documents
+    """Named configurations: ``"cpu"`` (the bundled model trained to convergence: the papers' comparisons, at most 10 minutes on 2 CPU cores), ``"smoke"`` (about a minute on a CPU) or ``"full"`` (more documents
     and passkey prompts)."""
 
     def __post_init__(self) -> None:
@@ -212,8 +221,29 @@ BUNDLED_EXPECTED_FAILURES: dict[str, str] = {
 :func:`check`: they must fail, with their measured numbers shown)."""
 
 
+MIN_DOCS = 8
+"""Documents from which :func:`check` tests that LM-Infinite stays within its tolerance."""
+
+HEADLINES: dict[str, Headline] = {
+    "vanilla degrades": Headline("without LM-Infinite, the NLL explodes past the training length",
+                                 "perplexity explodes right after L_pretrain"),
+    "LM-Infinite holds": Headline("with the Lambda mask and the distance cap, the NLL stays at its in-length value "
+                                  "far past the training length, without training",
+                                  "perplexity retained up to 200M tokens (models trained at 2K / 4K)"),
+    "starting tokens matter": Headline("the starting tokens are needed: without the global branch (a sliding window) "
+                                       "the NLL rises", "n_global = 0 fails"),
+    "vanilla fails at 4x": Headline("passkey retrieval fails past the training length without LM-Infinite",
+                                    "vanilla accuracy falls to 0 right after L_pretrain"),
+    "top-k retrieves at 4x": Headline("with LM-Infinite (top-k middle attention), the passkey is retrieved past the "
+                                      "training length", "passkey accuracy kept at 6k-16k tokens"),
+    "memory saving": Headline("LM-Infinite's attention needs memory linear in the length, full attention more",
+                              "7.5x memory saving, 2.7x faster decoding (32k tokens)"),
+}
+"""Han et al.'s headline claims (keys of :func:`check`'s table)."""
+
+
 def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0,
-          expected_failures: Mapping[str, str] | None = None) -> pd.DataFrame:
+          expected_failures: Mapping[str, str] | None = None) -> ClaimsTable:
     """The claims that the reproduction supports, on measured numbers; raises ``ClaimFailed``.
 
     * vanilla NLL at the largest factor rises above ``(1 + tolerance)`` x its in-length NLL;
@@ -231,14 +261,21 @@ def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0,
     claims tested. Whether LM-Infinite stays within ``tolerance`` of its in-length NLL (the
     length-generalisation target) is reported by :func:`target_status`, not asserted here.
     """
-    claims = Claims(expected_failures)
+    claims = Claims(expected_failures, headlines=HEADLINES)
     s = result.summary()
     last = s.columns[-1]
     van, both = s.loc["vanilla"], s.loc["both"]
     claims("vanilla degrades", van[last] > (1 + tolerance) * van.in_length,
            f"vanilla NLL {van.in_length:.3f} in length, {van[last]:.3f} at {last}")
-    claims("LM-Infinite holds", both[last] * margin < van[last],
-           f"LM-Infinite NLL at {last} {both[last]:.3f} vs vanilla {van[last]:.3f} (needs {margin}x lower)")
+    text = (f"LM-Infinite NLL {both.in_length:.3f} in length, {both[last]:.3f} at {last} (needs within "
+            f"{tolerance:.0%}); vanilla {van[last]:.3f} (needs {margin}x higher)")
+    if result.config["n_docs"] < MIN_DOCS:
+        claims.untestable("LM-Infinite holds", f"{result.config['n_docs']} documents: the NLL per length varies by "
+                          f"more than the {tolerance:.0%} tolerance between documents; the cpu profile reads "
+                          f"{MIN_DOCS} or more", text)
+    else:
+        claims("LM-Infinite holds", both[last] * margin < van[last] and both[last] <= (1 + tolerance) * both.in_length,
+               text)
     no_sink = s.loc["n_global=0", last]
     claims("starting tokens matter", no_sink >= SINK_RATIO_MIN * both[last],
            f"NLL at {last}: n_global=0 {no_sink:.3f}, n_global={result.config['n_global']} {both[last]:.3f} "
@@ -248,17 +285,21 @@ def check(result: Result, *, tolerance: float = 0.10, margin: float = 2.0,
             ("vanilla fails at 4x", "vanilla", 4, lambda a: a <= PASSKEY_VANILLA_MAX, f"<= {PASSKEY_VANILLA_MAX}"),
             ("top-k retrieves at 4x", "top-k", 4, lambda a: a >= PASSKEY_TOP_K_MIN, f">= {PASSKEY_TOP_K_MIN}")):
         acc = passkey_at(result, variant, factor)
+        paper = "precondition of the passkey claims" if key not in HEADLINES else None
         if acc is not None:
-            claims(key, ok(acc), f"passkey accuracy of {variant} at {factor}x the training length {acc:.2f} (needs {text})")
+            claims(key, ok(acc), f"passkey accuracy of {variant} at {factor}x the training length {acc:.2f} (needs {text})",
+                   paper=paper)
+        else:
+            claims.untestable(key, f"this profile measures no passkey accuracy of {variant} at {factor}x", paper=paper)
     c = result.cost
     lean = c[c.path == "lean"].set_index("length").peak_mb
     full = c[c.path == "full"].set_index("length").peak_mb
     per_tok = lean / lean.index
-    claims("lean memory is linear", per_tok.max() <= 1.25 * per_tok.min(),
-           f"lean peak MiB per token from {per_tok.min():.4f} to {per_tok.max():.4f} (needs within 25%)")
     growth = full.iloc[-1] / full.iloc[0] / (full.index[-1] / full.index[0])
-    claims("full attention memory grows faster", growth > 1.5,
-           f"full-attention peak grows {growth:.2f}x faster than the length (needs > 1.5)")
+    claims("memory saving", per_tok.max() <= 1.25 * per_tok.min() and growth > 1.5,
+           f"lean peak MiB per token {per_tok.min():.4f}-{per_tok.max():.4f} (needs within 25%); full attention's "
+           f"peak grows {growth:.2f}x faster than the length (needs > 1.5); at {full.index[-1]} tokens "
+           f"{full.iloc[-1] / lean.reindex([full.index[-1]]).iloc[0]:.1f}x the lean path's")
     return claims.table()
 
 

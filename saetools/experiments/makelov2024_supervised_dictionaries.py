@@ -63,8 +63,10 @@ from saetools.dictionaries.occlusion import (
     toy_occlusion_sweep,
 )
 from saetools.experiments.makelov2024_checks import (
+    BUNDLED_EXPECTED_FAILURES,
     CARRY_MIN,
     EDIT_ACCURACY_MIN,
+    HEADLINES,
     SUFFICIENCY_MIN,
     check,
     edit_targets,
@@ -79,7 +81,7 @@ from saetools.experiments.makelov2024_figures import (
 from saetools.experiments.protocol import Profiles, UnsupportedModelError, require_model, tf32_on_cuda
 from saetools.tasks import ioi
 
-__all__ = ["CARRY_MIN", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "Config", "Result", "check", "edit_targets", "figures",
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "CARRY_MIN", "HEADLINES", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "Config", "Result", "check", "edit_targets", "figures",
            "plot_approximation", "plot_edits", "plot_interpretability", "plot_occlusion", "run"]
 
 
@@ -146,6 +148,16 @@ class Config(Profiles):
             "saes": IOISAEConfig(epochs=30, batch_size=256, lr=1e-2, expansion=4),
             "toy": ToyOcclusionConfig(ratios=(0.5, 0.8, 1.0, 1.25, 2.0), n_train=4096, n_eval=2048, epochs=6),
         },
+        "cpu": {
+            "max_heads_per_role": 2,
+            "n_names": 64,
+            "n_train": 5000,
+            "n_eval": 400,
+            "ns_aware": (1, 4, 8),
+            "ns_greedy": (2, 8, 16),
+            "saes": IOISAEConfig(epochs=200, batch_size=256, lr=1e-2, expansion=4),
+            "toy": ToyOcclusionConfig(ratios=(0.5, 0.8, 1.0, 1.25, 2.0), n_train=4096, n_eval=2048, epochs=20),
+        },
         "test": {
             "n_discovery": 8,
             "max_heads_per_role": 1,
@@ -167,7 +179,7 @@ class Config(Profiles):
             "saes": IOISAEConfig(epochs=2000),
         },
     }
-    """Named configurations: ``"smoke"`` (bundled model, CPU, about a minute) or ``"full"`` (GPT-2, GPU)."""
+    """Named configurations: ``"cpu"`` (the bundled model trained to convergence: the papers' comparisons, at most 10 minutes on 2 CPU cores), ``"smoke"`` (bundled model, CPU, about a minute) or ``"full"`` (GPT-2, GPU)."""
 
 
 @dataclass

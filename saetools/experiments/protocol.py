@@ -4,29 +4,38 @@ a notebook displays exactly once.
 Each module in :mod:`saetools.experiments` follows one protocol:
 
 * ``Config`` -- a frozen dataclass; ``Config.profile(name)`` gives a named configuration
-  (``"smoke"``: the bundled model on a CPU in about a minute; ``"full"``: the paper's scale, on a
+  (``"smoke"``: the bundled model on a CPU in about a minute; ``"cpu"``: the bundled model trained
+  to convergence, so that the papers' comparisons can be tested, at most 10 minutes on 2 CPU
+  cores; ``"full"``: the paper's scale, on a
   GPU; ``"test"``: the smallest sizes that run every step, in seconds on a CPU for any model --
   it exercises the code path and shows no science), built by :class:`Profiles` from the fields each profile changes;
 * ``run(model, cfg) -> Result`` -- every measurement, as data;
 * ``figures(result) -> dict[str, Figure]`` -- matplotlib figures, drawn but not displayed;
 * ``check_model(model)`` -- raises :class:`UnsupportedModelError`, naming the models the
   experiment supports, before any work on a model it cannot use (``run`` calls it first);
-* ``check(result)`` -- asserts the claims the profile can test, each through :func:`claim`, so a
-  claim that the run does not show raises :class:`ClaimFailed` (and nothing else does); every
-  notebook ends with it.
+* ``check(result)`` -- asserts the claims the profile can test (:class:`Claims`), so a claim
+  that the run does not show raises :class:`ClaimFailed` (and nothing else does), and returns
+  the claims table (claim | paper's value | this run's value | verdict | why): every paper
+  headline claim (``HEADLINES``) is a row, reproduced, not reproduced (a strict expected
+  failure, with its reason) or not testable at this profile (with the reason); every notebook
+  ends by displaying it.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["ClaimFailed", "Claims", "Profiles", "UnsupportedModelError", "claim", "require_model", "require_release_model",
-           "subplots", "tf32_on_cuda"]
+__all__ = ["CLAIMS_MIMETYPE", "CLAIM_COLUMNS", "NOT_REPRODUCED", "NOT_TESTABLE", "REPRODUCED", "ClaimFailed",
+           "Claims", "ClaimsTable", "Headline", "Profiles", "UnsupportedModelError", "claim", "require_model", "require_release_model",
+           "MIN_COMPARISON_STEPS", "at_matched_l0", "short_training", "spread", "subplots", "tf32_on_cuda"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,37 +127,128 @@ def claim(holds: object, message: str) -> None:
         raise ClaimFailed(message)
 
 
-class Claims:
-    """The claims one ``check`` tests, some of them declared expected failures.
+CLAIMS_MIMETYPE = "application/vnd.saetools.claims+json"
+"""The mimetype under which a displayed claims table carries its rows (``saetools reproduce``
+reads them into ``claims.csv``)."""
 
-    ``claims(key, holds, message)`` raises :class:`ClaimFailed` unless ``holds``, except for a
-    key in ``expected_failures`` (key -> why the run cannot show it): such a claim is a *strict*
-    expected failure, recorded with its measured numbers, and raising if it unexpectedly holds
-    (so the declaration is removed once the model shows the claim). :meth:`table` lists every
-    claim tested.
+REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable at this profile"
+"""The verdicts of a claims table."""
+
+CLAIM_COLUMNS = ["claim", "paper", "run", "verdict", "why"]
+"""A claims table's columns: the claim in words, the paper's value, this run's value (with the
+seed spread where the run has several seeds), the verdict, and why (for a claim not reproduced
+or not testable)."""
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One of a paper's headline claims, as the paper states it."""
+
+    claim: str
+    """The claim, in words."""
+    paper: str
+    """The paper's own number or finding."""
+
+
+class ClaimsTable(pd.DataFrame):
+    """A claims table (columns :data:`CLAIM_COLUMNS`) that, displayed in a notebook, also carries
+    its rows as JSON (:data:`CLAIMS_MIMETYPE`) for ``saetools reproduce``."""
+
+    @property
+    def _constructor(self):
+        return ClaimsTable
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {CLAIMS_MIMETYPE: {"rows": [{"key": k, **r} for k, r in zip(self.index, self.to_dict("records"))]}}
+
+
+def spread(values, fmt: str = ".3f") -> str:
+    """``mean ± sd (n seeds)`` of per-seed values (just the value when there is one)."""
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 1:
+        return format(float(v[0]), fmt)
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}} ({v.size} seeds)"
+
+
+class Claims:
+    """The claims one ``check`` tests, as a table: claim | paper's value | this run's value |
+    verdict | why.
+
+    ``claims(key, holds, run)`` records a claim and raises :class:`ClaimFailed` (with ``run``,
+    the measured numbers) unless ``holds``; ``claims.untestable(key, why)`` records a claim the
+    profile cannot test (a short run, a model without the phenomenon's prerequisites). Keys in
+    ``headlines`` (key -> :class:`Headline`) are the paper's headline claims: their row shows the
+    claim in words and the paper's number, and :meth:`table` refuses to leave one out. A key in
+    ``expected_failures`` (key -> why the run cannot show it) is a *strict* expected failure:
+    recorded as not reproduced with its measured numbers, and raising if it unexpectedly holds
+    (so the declaration is removed once the model shows the claim).
     """
 
-    def __init__(self, expected_failures: Mapping[str, str] | None = None):
+    def __init__(self, expected_failures: Mapping[str, str] | None = None, *,
+                 headlines: Mapping[str, Headline] | None = None):
         self.expected = dict(expected_failures or {})
+        self.headlines = dict(headlines or {})
         self.rows: list[dict] = []
+        self._seen: set[str] = set()
 
-    def __call__(self, key: str, holds: object, message: str) -> None:
+    def _row(self, key: str, run: str, verdict: str, why: str, paper: str | None) -> None:
+        if key in self._seen:
+            raise ValueError(f"claim {key!r} recorded twice")
+        self._seen.add(key)
+        h = self.headlines.get(key)
+        self.rows.append({"claim": h.claim if h else key, "paper": h.paper if h else (paper or ""), "run": run,
+                          "verdict": verdict, "why": why, "key": key})
+
+    def __call__(self, key: str, holds: object, run: str, *, paper: str | None = None) -> None:
         holds = bool(holds)
         if key in self.expected:
-            self.rows.append({"claim": key, "status": "expected failure" if not holds else "unexpectedly holds",
-                              "measured": message, "why": self.expected[key]})
+            self._row(key, run, NOT_REPRODUCED if not holds else "unexpectedly holds", self.expected[key], paper)
             if holds:
                 raise ClaimFailed(f"{key!r} is declared an expected failure ({self.expected[key]}) but holds: "
-                                  f"{message}; remove it from the expected failures")
+                                  f"{run}; remove it from the expected failures")
             return
-        self.rows.append({"claim": key, "status": "holds" if holds else "fails", "measured": message, "why": ""})
-        claim(holds, message)
+        self._row(key, run, REPRODUCED if holds else NOT_REPRODUCED, "", paper)
+        claim(holds, f"{key}: {run}")
 
-    def table(self):
-        """One row per claim tested: ``claim, status, measured, why``."""
-        import pandas as pd
+    def untestable(self, key: str, why: str, run: str = "", *, paper: str | None = None) -> None:
+        """Record ``key`` as not testable at this profile, and why."""
+        self._row(key, run, NOT_TESTABLE, why, paper)
 
-        return pd.DataFrame(self.rows, columns=["claim", "status", "measured", "why"])
+    def table(self) -> ClaimsTable:
+        """One row per claim, in the order recorded, indexed by key (columns
+        :data:`CLAIM_COLUMNS`); raises if a headline claim was left out."""
+        missing = [k for k in self.headlines if k not in self._seen]
+        if missing:
+            raise ValueError(f"check left out headline claims {missing}: test each, or record it with "
+                             "Claims.untestable and the reason")
+        unused = [k for k in self.expected if k not in self._seen]
+        if unused:
+            raise ValueError(f"expected failures {unused} name no claim of this check; its claims: {sorted(self._seen)}")
+        return ClaimsTable(pd.DataFrame(self.rows, columns=CLAIM_COLUMNS,
+                                        index=pd.Index([r["key"] for r in self.rows], name="key")))
+
+
+MIN_COMPARISON_STEPS = 1000
+"""Optimizer steps an SAE needs before a profile compares architectures by their fidelity (short
+runs rank them by how fast they start, not where they end)."""
+
+
+def short_training(steps: int) -> str | None:
+    """Why a profile whose SAEs train ``steps`` steps cannot compare architectures (None when it can)."""
+    if steps >= MIN_COMPARISON_STEPS:
+        return None
+    return (f"each SAE trains {steps} steps, short of the {MIN_COMPARISON_STEPS} a comparison of architectures "
+            "needs; the cpu profile trains them to convergence")
+
+
+def at_matched_l0(ref_l0, ref_y, l0: float) -> float:
+    """A reference sweep's ``y`` at ``l0`` (linear in log L0 between its points), or NaN where
+    ``l0`` lies outside the sweep's L0 range: comparisons at matched L0 never extrapolate."""
+    order = np.argsort(np.asarray(ref_l0, dtype=float))
+    x, y = np.log(np.asarray(ref_l0, dtype=float)[order]), np.asarray(ref_y, dtype=float)[order]
+    if not len(x) or not x[0] <= np.log(l0) <= x[-1]:
+        return float("nan")
+    return float(np.interp(np.log(l0), x, y))
 
 
 class Profiles:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from saetools.experiments.protocol import Profiles, claim, require_model
+from saetools.experiments.protocol import Claims, ClaimsTable, Profiles, require_model
 
 __all__ = ["ACCURACY_MIN", "ERROR_TERM_ATOL", "HEAD_DROP_MIN", "SPLICED_LD_MIN", "Config", "Result", "check"]
 
@@ -39,10 +39,11 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        "cpu": {"n_prompts": 400},
         "test": {"n_prompts": 16, "sae_prompts": 48, "sae_samples": 2048},
         "full": {"n_prompts": 2000, "sae_prompts": 4000, "sae_samples": 2_000_000},
     }
-    """Named configurations: ``"smoke"`` (CPU minutes) or ``"full"`` (GPU scale)."""
+    """Named configurations: ``"cpu"`` (the bundled model trained to convergence: the papers' comparisons, at most 10 minutes on 2 CPU cores), ``"smoke"`` (CPU minutes) or ``"full"`` (GPU scale)."""
 
 
 @dataclass
@@ -72,12 +73,20 @@ def check_model(model) -> None:
     require_model(model, EXPERIMENT, ioi_names=True)
 
 
-def check(result: Result) -> None:
-    """Assert the four claims of the tour."""
-    claim(result.accuracy > ACCURACY_MIN, f"the model should solve IOI: accuracy {result.accuracy:.3f}")
+def check(result: Result) -> ClaimsTable:
+    """The four claims of the tour, as a table; raises ``ClaimFailed``."""
+    claims = Claims()
+    claims("the model solves IOI", result.accuracy > ACCURACY_MIN,
+           f"accuracy {result.accuracy:.3f}, mean logit difference {result.logit_diff:.2f}",
+           paper=f"Wang et al.: GPT-2 small prefers IO (our bar: accuracy > {ACCURACY_MIN})")
     top = float(result.sweep.frac_drop.iloc[0])
-    claim(top > HEAD_DROP_MIN, f"no head matters for IOI: the largest drop is {top:.0%}")
-    claim(result.max_logit_change_with_error < ERROR_TERM_ATOL,
-        f"splicing with the error term changed the logits by {result.max_logit_change_with_error:.2e}")
+    claims("a head matters", top > HEAD_DROP_MIN, f"the largest drop from ablating one head: {top:.0%}",
+           paper=f"a few heads carry the task (our bar: > {HEAD_DROP_MIN:.0%})")
+    claims("splicing with the error term is exact", result.max_logit_change_with_error < ERROR_TERM_ATOL,
+           f"largest logit change {result.max_logit_change_with_error:.2e}",
+           paper=f"SAE(x) + (x - SAE(x)) = x (our bar: < {ERROR_TERM_ATOL:g})")
     kept = result.logit_diff_spliced / result.logit_diff
-    claim(kept > SPLICED_LD_MIN, f"the spliced SAE kept only {kept:.0%} of the logit difference")
+    claims("the spliced SAE keeps the behaviour", kept > SPLICED_LD_MIN,
+           f"the spliced SAE keeps {kept:.0%} of the logit difference",
+           paper=f"a good SAE preserves the task (our bar: > {SPLICED_LD_MIN:.0%})")
+    return claims.table()

@@ -29,12 +29,23 @@ from sae_lens.saes.sae import SAEMetadata
 
 from saetools.activations import collect_activations
 from saetools.evals import evaluate_saes
-from saetools.experiments.protocol import Profiles, claim, require_model, subplots, tf32_on_cuda
+from saetools.experiments.protocol import (
+    Claims,
+    ClaimsTable,
+    Headline,
+    Profiles,
+    at_matched_l0,
+    claim,
+    require_model,
+    short_training,
+    subplots,
+    tf32_on_cuda,
+)
 from saetools.models.text import corpus_tokens
 from saetools.saes import refit_decoder
 from saetools.training import train_sae
 
-__all__ = ["L0_ROUNDING", "Config", "Result", "check", "figures", "run"]
+__all__ = ["HEADLINES", "JUMPRELU_TOLERANCE", "L0_ROUNDING", "Config", "Result", "check", "figures", "run"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +92,9 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
+        # 1,500 steps per SAE on 200k activations; sweeps wide enough for their L0 ranges to overlap
+        "cpu": {"n_documents": 10_000, "total_samples": 1_536_000, "l1_coefficients": (1.0, 2.0, 5.0),
+                "l0_coefficients": (0.2, 0.5, 2.0), "k_values": (8, 16, 32)},
         "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "d_sae": 64, "total_samples": 2048, "batch_size": 256},
         "full": {
             "n_documents": 60_000,
@@ -94,7 +108,7 @@ class Config(Profiles):
             "jumprelu_sparsity_loss": "step",
         },
     }
-    """Named configurations: ``"smoke"`` (CPU, about a minute) or ``"full"``."""
+    """Named configurations: ``"cpu"`` (the bundled model trained to convergence: the papers' comparisons, at most 10 minutes on 2 CPU cores), ``"smoke"`` (CPU, about a minute) or ``"full"``."""
 
 
 @dataclass
@@ -211,40 +225,85 @@ L0_ROUNDING = 1e-3
 rounding, which flips the odd latent sitting exactly at its threshold."""
 
 
-def check(result: Result) -> None:
-    """The notebook's claims, measured on held-out tokens.
+HEADLINES: dict[str, Headline] = {
+    "L1 shrinks": Headline("L1 SAEs shrink their reconstructions", "baseline gamma noticeably below 1 (Gated SAE paper)"),
+    "gated does not shrink": Headline("Gated SAEs do not shrink, and shrink less than L1 SAEs with the same "
+                                      "coefficient", "gamma about 1"),
+    "L0-trained do not shrink": Headline("JumpReLU, TopK and BatchTopK SAEs do not shrink",
+                                         "no L1 penalty, so no shrinkage (JumpReLU paper)"),
+    "gated beats L1 at equal L0": Headline("at equal L0, Gated SAEs reconstruct better than L1 SAEs",
+                                           "half as many firing features for comparable fidelity"),
+    "JumpReLU best at equal L0": Headline("at equal L0, JumpReLU reconstructs at least as well as Gated and TopK",
+                                          "state-of-the-art fidelity at a given sparsity (Gemma 2 9B)"),
+    "refit removes shrinkage": Headline(
+        "fine-tuning the decoder with the activation pattern frozen removes shrinkage and lowers the MSE at "
+        "the same L0", "9% lower MSE, 24% smaller perplexity increase (Pythia-70m; Wright & Sharkey)"),
+}
+"""The headline claims of the Gated and JumpReLU SAE papers and of Wright & Sharkey's
+feature-suppression fix (keys of :func:`check`'s table)."""
 
-    * L1 SAEs shrink: ``gamma_saelens`` clearly below 1 (< 0.9) and below the Gated SAE
-      trained with the same coefficient.
-    * Gated, JumpReLU, TopK and BatchTopK do not: ``gamma_saelens`` within 0.1 of 1.
-    * The Gated paper's Pareto claim, where the sweeps overlap: at each Gated SAE's L0 inside
-      the L1 sweep's L0 range, its FVU is below the L1 curve's (interpolated in log L0).
+JUMPRELU_TOLERANCE = 0.05
+"""JumpReLU "at least as good" at equal L0: its FVU at most this fraction above the other's curve."""
+
+
+def _beats(t: pd.DataFrame, arch: str, refs: tuple[str, ...]) -> tuple[dict, str]:
+    """FVU of each ``arch`` SAE relative to each reference curve at the same L0 (inside its range)."""
+    gaps = {}
+    for name, row in t[t.architecture == arch].iterrows():
+        for ref in refs:
+            r = t[t.architecture == ref]
+            g = row.fvu / at_matched_l0(r.l0, r.fvu, row.l0) - 1
+            if np.isfinite(g):
+                gaps[f"{name} vs {ref}"] = g
+    return gaps, "; ".join(f"{k}: FVU {v:+.1%} at L0 equal" for k, v in gaps.items())
+
+
+def check(result: Result, *, expected_failures: Mapping[str, str] | None = None) -> ClaimsTable:
+    """The papers' claims on this run (:data:`HEADLINES`), measured on held-out tokens; raises
+    ``ClaimFailed``.
+
+    * L1 SAEs shrink: ``gamma_saelens`` below 0.9, and below the Gated SAE trained with the same
+      coefficient; Gated (within 0.1 of 1), JumpReLU, TopK and BatchTopK do not.
+    * Where the SAEs trained long enough (:func:`~saetools.experiments.protocol.short_training`)
+      and the sweeps overlap in L0: every Gated SAE has a lower FVU than the L1 curve at its
+      L0; every JumpReLU SAE's FVU is at most :data:`JUMPRELU_TOLERANCE` above the Gated and
+      TopK curves at its L0.
     * The frozen-pattern refit of the most-shrunk L1 SAE moves ``gamma_saelens`` at least 0.05
-      closer to 1, raises ``gamma_proj``, lowers the MSE, and keeps L0 (up to rounding).
+      closer to 1, lowers the MSE, and keeps L0 (up to rounding); ``gamma_proj`` rises.
 
     ``gamma_proj`` is not tested against 1: it equals ``1 - E||x - x_hat||^2 / E||x||^2`` for an
     unbiased reconstruction, so it is below 1 for every imperfect SAE, shrinking or not.
     """
+    claims = Claims(expected_failures, headlines=HEADLINES)
+    cfg = result.config
     t = result.table.set_index("sae")
     l1 = t[t.architecture == "standard"]
-    others = t[t.architecture != "standard"]
-    claim((l1.gamma_saelens < 0.9).all(), f"L1 SAEs should shrink: gamma {l1.gamma_saelens.round(3).to_dict()}")
     gated = t[t.architecture == "gated"].set_index("param").gamma_saelens
-    for name, row in l1.iterrows():
-        claim(row.gamma_saelens < gated[row.param], f"{name} should shrink more than the gated SAE at l1={row.param}")
-    near = (others.gamma_saelens - 1).abs() < 0.1
-    claim(near.all(), f"non-L1 SAEs should have gamma near 1: {others.gamma_saelens[~near].round(3).to_dict()}")
-    overlap = 0
-    ref = l1.sort_values("l0")
-    for name, row in t[t.architecture == "gated"].iterrows():
-        if ref.l0.min() <= row.l0 <= ref.l0.max():
-            overlap += 1
-            l1_fvu = np.interp(np.log(row.l0), np.log(ref.l0), ref.fvu)
-            claim(row.fvu < l1_fvu, f"{name}: FVU {row.fvu:.3f} should beat L1's {l1_fvu:.3f} at L0 {row.l0:.1f}")
-    claim(overlap, "no Gated SAE lands inside the L1 sweep's L0 range: widen the sweeps to compare them")
+    claims("L1 shrinks", (l1.gamma_saelens < 0.9).all(),
+           "gamma " + ", ".join(f"{n} {v:.3f}" for n, v in l1.gamma_saelens.items()))
+    g_ok = all(abs(gated[row.param] - 1) < 0.1 and row.gamma_saelens < gated[row.param] for _, row in l1.iterrows())
+    claims("gated does not shrink", g_ok, "gamma " + ", ".join(
+        f"gated l1={p} {v:.3f} (L1 {l1.set_index('param').gamma_saelens[p]:.3f})" for p, v in gated.items()))
+    l0_trained = t[t.architecture.isin(["jumprelu", "topk", "batchtopk"])]
+    claims("L0-trained do not shrink", ((l0_trained.gamma_saelens - 1).abs() < 0.1).all(),
+           "gamma " + ", ".join(f"{n} {v:.3f}" for n, v in l0_trained.gamma_saelens.items()))
+    why = short_training(cfg.total_samples // cfg.batch_size)
+    for key, arch, refs, tol in (("gated beats L1 at equal L0", "gated", ("standard",), 0.0),
+                                 ("JumpReLU best at equal L0", "jumprelu", ("gated", "topk"), JUMPRELU_TOLERANCE)):
+        gaps, text = _beats(t, arch, refs)
+        if why:
+            claims.untestable(key, why, text)
+        elif not gaps:
+            claims.untestable(key, f"no {arch} SAE's L0 lies inside the {' / '.join(refs)} sweep's L0 range: widen "
+                              "the sweeps", "L0 " + ", ".join(f"{a} {v:.1f}" for a, v in t.groupby("architecture").l0.median().items()))
+        else:
+            claims(key, all(g < 0 if tol == 0 else g <= tol for g in gaps.values()), text)
     s = result.suppression.set_index("sae")
     before, after = s.iloc[0], s.iloc[1]
-    claim(abs(after.gamma_saelens - 1) < abs(before.gamma_saelens - 1) - 0.05, "refit should remove shrinkage")
+    claims("refit removes shrinkage",
+           abs(after.gamma_saelens - 1) < abs(before.gamma_saelens - 1) - 0.05 and after.mse < before.mse
+           and abs(after.l0 - before.l0) <= L0_ROUNDING * before.l0,
+           f"gamma {before.gamma_saelens:.3f} -> {after.gamma_saelens:.3f}, MSE {before.mse:.4g} -> {after.mse:.4g} "
+           f"({after.mse / before.mse - 1:+.1%}), L0 {before.l0:.2f} -> {after.l0:.2f}")
     claim(after.gamma_proj > before.gamma_proj, "refit should raise gamma_proj")
-    claim(after.mse < before.mse, "refit should lower the MSE")
-    claim(abs(after.l0 - before.l0) <= L0_ROUNDING * before.l0, "refit keeps the activation pattern (and L0)")
+    return claims.table()

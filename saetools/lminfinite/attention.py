@@ -11,8 +11,10 @@ rule. For query position ``i`` and key ``j <= i`` (distance ``d = i - j``):
   *unrotated* key; keys inside the window keep their true-distance logit (so a global token
   inside the window is counted once, at its true distance).
 
-With the mask off and the cap on ("cap only", the authors' non-fused path), every key outside
-the window gets the capped logit.
+With the mask off and the cap on ("cap only"), every key outside the window gets the capped
+logit, the rule the paper states. The authors' non-fused path agrees only when
+``limit_distance == n_local`` (the default): otherwise it gives keys at distances between
+``n_local`` and the cap a zero logit. saetools keeps the paper's rule.
 
 * **top-k middle attention** (the authors' later version, ``top_k > 0``): in layers
   ``>= top_k_from_layer``, each query also attends to the ``top_k`` keys of the masked middle

@@ -22,7 +22,7 @@ __all__ = [
     "reproduce", "write_index",
 ]
 
-PROFILES = ("smoke", "test", "full")
+PROFILES = ("smoke", "cpu", "test", "full")
 """The profiles every notebook offers."""
 
 

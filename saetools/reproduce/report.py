@@ -27,7 +27,8 @@ from pathlib import Path
 from saetools.data.files import atomic_write_text
 from saetools.widgets.html import dedupe_circuitsvis
 
-__all__ = ["FALLBACK_CLASS", "export_html", "run_info", "static_widget_outputs", "write_index"]
+__all__ = ["CLAIMS_CSV_COLUMNS", "FALLBACK_CLASS", "claims_rows", "export_html", "run_info", "static_widget_outputs",
+           "write_claims_csv", "write_index"]
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 FALLBACK_CLASS = "saetools-widget-fallback"
@@ -120,6 +121,37 @@ def run_info() -> dict[str, str]:
     return info
 
 
+CLAIMS_CSV_COLUMNS = ["notebook", "key", "claim", "paper", "run", "verdict", "why"]
+"""The columns of ``claims.csv``: the notebook, then a claims table's key and columns."""
+
+
+def claims_rows(executed: Path) -> list[dict]:
+    """The rows of the claims table an executed notebook displayed (its JSON output), if any."""
+    import nbformat
+
+    from saetools.experiments.protocol import CLAIMS_MIMETYPE
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # an unreadable notebook already shows as failed in its row
+        return []
+    return [row for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+            for row in o.get("data", {}).get(CLAIMS_MIMETYPE, {}).get("rows", [])]
+
+
+def write_claims_csv(results, out_dir: Path) -> tuple[Path, list[dict]]:
+    """``claims.csv``: every claims table of the run, one row per claim, with its notebook."""
+    import csv
+    import io
+
+    rows = [{"notebook": r.name, **row} for r in results if r.executed.exists() for row in claims_rows(r.executed)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CLAIMS_CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(out_dir / "claims.csv", buf.getvalue()), rows
+
+
 def _claims_tables(executed: Path) -> str:
     """The displayed output of a notebook's ``claims = <experiment>.check(...)`` cell, if any."""
     import nbformat
@@ -145,7 +177,8 @@ dt { font-weight: bold; padding-right: 1em } dd { margin: 0 }
 
 
 def write_index(results, out_dir: Path, parameters: dict, *, info: dict[str, str] | None = None) -> Path:
-    """The index page: run facts, one row per notebook (status, time, error) and the claims tables."""
+    """The index page: run facts, one row per notebook (status, time, error) and the claims tables
+    (their rows also written to ``claims.csv``, :func:`write_claims_csv`)."""
     info = run_info() if info is None else info
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in
                     {**{k: repr(v) for k, v in parameters.items()}, **info}.items())
@@ -159,6 +192,13 @@ def write_index(results, out_dir: Path, parameters: dict, *, info: dict[str, str
     n_ok = sum(r.ok for r in results)
     claims = "".join(f"<h3>{html.escape(r.name)}</h3>{t}" for r in results
                      if r.executed.exists() and (t := _claims_tables(r.executed)))
+    _, claim_rows = write_claims_csv(results, out_dir)
+    if claim_rows:
+        counts = {}
+        for row in claim_rows:
+            counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+        claims = (f"<p>{len(claim_rows)} claims: " + ", ".join(f"{n} {html.escape(v)}" for v, n in counts.items())
+                  + " (all of them in <a href='claims.csv'>claims.csv</a>).</p>" + claims)
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>saetools reproduce</title>"
         f"<style>{_INDEX_CSS}</style></head><body><h1>saetools reproduce</h1><dl>{facts}</dl>"

@@ -151,6 +151,14 @@ class SwitchTrainingSAEConfig(TrainingSAEConfig):
             per-dimension MSE; paper default 3, ``0`` disables balancing).
         geometric_median_init: set ``b_dec`` and ``b_router`` to the geometric median of the
             first training batch (paper); otherwise they start at zero.
+        tied_biases: make ``b_router`` the same parameter as ``b_dec`` for the whole run. The
+            paper's formula has two biases; the authors' initialisation assigns one tensor to
+            both, so their runs train a single one. Off by default (the formula).
+        aux_loss_coefficient: weight of an AuxK loss as sae-lens's TopK has (the top
+            ``d_in // 2`` pre-activations of dead latents, in each token's own expert,
+            reconstruct the detached residual; scaled down while few latents are dead). 0 (the
+            authors) turns it off. It materialises the own-expert pre-activations at full
+            width (``batch x d_sae`` floats) on steps with dead latents.
         decoder_init_norm: must stay ``None``: decoder rows are constrained to unit norm.
     """
 
@@ -163,6 +171,8 @@ class SwitchTrainingSAEConfig(TrainingSAEConfig):
     routing: Routing = "softmax"
     load_balance_coefficient: float = 3.0
     geometric_median_init: bool = True
+    tied_biases: bool = False
+    aux_loss_coefficient: float = 0.0
     decoder_init_norm: float | None = None
 
     def __post_init__(self):
@@ -171,6 +181,9 @@ class SwitchTrainingSAEConfig(TrainingSAEConfig):
         if self.load_balance_coefficient < 0:
             raise ValueError("SwitchTrainingSAEConfig.load_balance_coefficient must be >= 0, got "
                              f"{self.load_balance_coefficient}")
+        if self.aux_loss_coefficient < 0:
+            raise ValueError("SwitchTrainingSAEConfig.aux_loss_coefficient must be >= 0, got "
+                             f"{self.aux_loss_coefficient}")
         if self.decoder_init_norm is not None:
             raise ValueError("SwitchTrainingSAEConfig.decoder_init_norm must be None: a Switch SAE's "
                              "decoder rows are constrained to unit norm throughout training")
@@ -349,7 +362,8 @@ class _SwitchCore:
         """Fold a constant input scale ``c`` (the SAE saw ``c x``) into the weights, router included."""
         super().fold_activation_norm_scaling_factor(scaling_factor)
         self.W_router.data *= scaling_factor
-        self.b_router.data /= scaling_factor
+        if self.b_router is not self.b_dec:  # tied: folded once, as b_dec
+            self.b_router.data /= scaling_factor
 
     @torch.no_grad()
     def fold_activation_whitening(self, mean: Tensor, whitening_matrix: Tensor,
@@ -359,7 +373,8 @@ class _SwitchCore:
         dtype = torch.promote_types(self.W_router.dtype, whitening_matrix.dtype)
         m, minv = whitening_matrix.to(self.device, dtype), unwhitening_matrix.to(self.device, dtype)
         self.W_router.data.copy_(m @ self.W_router.data.to(dtype))
-        self.b_router.data.copy_(self.b_router.data.to(dtype) @ minv + mean.to(self.device, dtype))
+        if self.b_router is not self.b_dec:  # tied: folded once, as b_dec (the same formula)
+            self.b_router.data.copy_(self.b_router.data.to(dtype) @ minv + mean.to(self.device, dtype))
         super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)
 
 
@@ -370,11 +385,20 @@ class SwitchSAE(_SwitchCore, SAE[SwitchSAEConfig]):
         super().__init__(cfg, use_error_term)
 
 
+def _untie(state_dict: dict[str, Any]) -> None:
+    """safetensors stores no tensor twice: a tied ``b_router`` is written as a copy of ``b_dec``."""
+    b_router, b_dec = state_dict.get("b_router"), state_dict.get("b_dec")
+    if b_router is not None and b_dec is not None and b_router.data_ptr() == b_dec.data_ptr():
+        state_dict["b_router"] = b_router.clone()
+
+
 class SwitchTrainingSAE(_SwitchCore, TrainingSAE[SwitchTrainingSAEConfig]):
     """Training Switch SAE for sae-lens's ``SAETrainer``; saves as :class:`SwitchSAE`."""
 
     def __init__(self, cfg: SwitchTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
+        if cfg.tied_biases:
+            self.b_router = self.b_dec  # one parameter under two names, as in the authors' runs
         self._biases_initialised = False
         self.load_history: list[float] = []
         """``N max_i F_i`` (busiest expert's load over uniform) at every training step."""
@@ -426,18 +450,53 @@ class SwitchTrainingSAE(_SwitchCore, TrainingSAE[SwitchTrainingSAEConfig]):
             rows = torch.arange(n, device=idx.device).repeat_interleave(self.cfg.k)
             feature_acts = torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), acts.detach().reshape(-1),
                                                    (n, self.cfg.d_sae), check_invariants=False)
-        sae_out = self._finish_decode((out + self.b_dec).reshape(sae_in.shape))
+        recon = out + self.b_dec
+        sae_out = self._finish_decode(recon.reshape(sae_in.shape))
         mse = self.mse_loss_fn(sae_out, x).sum(dim=-1).mean()
         lb = load_balance_loss(probs, expert)
         lb_term = step_input.coefficients.get("load_balance", self.cfg.load_balance_coefficient) * self.cfg.d_in * lb
+        aux = {}
+        if self.cfg.aux_loss_coefficient > 0:
+            aux["auxiliary_reconstruction_loss"] = self._auxk_loss(flat, recon, expert, W_dec, step_input.dead_neuron_mask)
         load = torch.bincount(expert, minlength=self.cfg.n_experts).float() / max(n, 1)
         if self.training:
             self.load_history.append(load.max().item() * self.cfg.n_experts)
         return TrainStepOutput(
             sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=sae_in.new_zeros(0),
-            loss=mse + lb_term, losses={"mse_loss": mse, "load_balance_loss": lb_term},
+            loss=mse + lb_term + sum(aux.values()), losses={"mse_loss": mse, "load_balance_loss": lb_term, **aux},
             metrics={"load_balance": lb.detach(), "max_expert_load_over_uniform": load.max() * self.cfg.n_experts},
         )
+
+    def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving(state_dict)
+        _untie(state_dict)
+
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        _untie(state_dict)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        out = super().load_state_dict(state_dict, *args, **kwargs)
+        if self.cfg.tied_biases:
+            self.b_router = self.b_dec
+        return out
+
+    def _auxk_loss(self, flat: Tensor, recon: Tensor, expert: Tensor, W_dec: Tensor, dead: Tensor | None) -> Tensor:
+        """sae-lens TopK's AuxK in the SAE's space, on each token's own expert (``aux_loss_coefficient``)."""
+        n_dead = 0 if dead is None else int(dead.sum())
+        if n_dead == 0:
+            return recon.new_zeros(())
+        k_aux = self.cfg.d_in // 2
+        scale = min(n_dead / k_aux, 1.0)
+        pre = self._own_block_preacts(flat, expert)
+        own = torch.zeros_like(pre, dtype=torch.bool).view(len(flat), self.cfg.n_experts, -1)
+        own[torch.arange(len(flat), device=flat.device), expert] = True
+        masked = torch.where(dead[None] & own.view_as(pre), pre, -torch.inf)
+        top = masked.topk(min(k_aux, n_dead, self.cfg.expert_width), dim=-1, sorted=False)
+        values = torch.where(torch.isfinite(top.values), top.values, 0.0)  # fewer dead latents in this expert
+        aux_acts = torch.zeros_like(pre).scatter(-1, top.indices, values)
+        residual = (flat - recon).detach()
+        return self.cfg.aux_loss_coefficient * scale * (aux_acts @ W_dec - residual).pow(2).sum(-1).mean()
 
     def calculate_aux_loss(self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor,
                            sae_out: Tensor) -> dict[str, Tensor]:

@@ -18,7 +18,8 @@ Encoding (exactly docs/lee2025_top_afa.md; notation per token):
 3. AFA target ``t = ||x_c||_2`` (the *centred* input).
 4. scores ``s_i = (a_i ||W_dec[i]||)^2`` (``= a_i^2`` for unit-norm decoder rows).
 5. sort the scores in descending order, ``c_m = sqrt(sum of the m largest)`` for m = 1..h,
-   with the last one replaced by ``1e8`` so that "all latents" is never the nearest prefix.
+   with the last *squared* sum replaced by ``1e8`` (so ``c_h = 1e4``), as in the authors' code:
+   "all latents" is the nearest prefix only for a target beyond about ``5e3``.
 6. ``k = argmin_m |c_m - t| + 1`` (0-based argmin, first minimiser on ties): the prefix whose
    norm is *closest* to the target, not the first to exceed it.
 7. keep the ``k`` top latents with their values ``a_i`` and zero the rest;
@@ -36,14 +37,16 @@ Training loss (docs/lee2025_top_afa.md; all terms in the SAE's normalised space 
 
 with ``f~_i = f_i ||W_dec[i]||`` (``= f`` for unit-norm rows) and ``T = ||x_n||`` (the paper's
 code: the *un-centred* input, an inconsistency with step 3 that we keep, as ``docs/lee2025_top_afa.md``
-explains; ``afa_loss_target="centred"`` uses ``||x_c||`` instead). AuxK reconstructs the detached
-residual ``x_n - x_hat_n`` from the ``aux_k`` largest ReLU pre-activations of the dead latents
-(sae-lens's dead-latent mask), ``aux_coefficient * mean_{batch, d}(...)^2``. With
+explains; ``afa_loss_target="centred"`` uses ``||x_c||`` instead). AuxK reconstructs the
+residual ``x_n - x_hat_n`` (not detached, as in the authors' code; ``aux_detach=True`` detaches
+it) from the ``aux_k`` largest ReLU pre-activations of the dead latents (sae-lens's dead-latent
+mask), ``aux_coefficient * mean_{batch, d}(...)^2``. With
 ``normalize_decoder=True`` (the paper), decoder rows are rescaled to unit norm before every
 step and the decoder gradient loses its component parallel to each row. Two differences from
-the authors' loop, both from the sae-lens trainer: it clips the gradient norm at 1 (the paper:
-1e5, effectively off), and "dead" means no firing for ``dead_feature_window`` steps (the
-paper: 5 batches).
+the authors' loop remain or need arguments of :func:`saetools.train_sae`: the sae-lens trainer
+clips the gradient norm at 1 (the authors: off), "dead" means no firing for
+``dead_feature_window`` steps (the authors: 5; pass ``dead_feature_window=5``), and Adam's
+``beta2`` is 0.999 unless ``adam_betas=(0.9, 0.99)`` (the authors').
 
 The selection depends on the decoder only through ``a_i ||W_dec[i]||``, which is unchanged
 when a latent's encoder column is scaled by ``c`` and its decoder row by ``1/c``. So folding
@@ -90,7 +93,8 @@ __all__ = [
 ARCHITECTURE = "topafa"
 
 LAST_PREFIX_SENTINEL = 1e8
-"""Value that replaces the norm of the all-latents prefix (step 5), as in the authors' code."""
+"""Value that replaces the *squared* norm of the all-latents prefix (step 5), as in the authors'
+code (their ``cumsum`` of squared scores ends in ``1e8`` before the square root)."""
 
 _MIN_SEARCH = 32  # smallest prefix ranked by topafa_mask
 
@@ -131,9 +135,11 @@ def topafa_mask(
         while n:
             s, tr = (scores, t) if rows is None else (scores[rows], t[rows])
             vals, idx = s.topk(k_len, dim=-1, sorted=True)
-            cum = vals.cumsum(-1).sqrt_()
+            cum = vals.cumsum(-1)
             if k_len == h:
                 cum[:, -1] = LAST_PREFIX_SENTINEL
+            cum.sqrt_()
+            if k_len == h:
                 done = torch.ones(cum.shape[0], dtype=torch.bool, device=cum.device)
             else:  # c_m is non-decreasing: once c_K >= t the argmin lies in the prefix
                 done = cum[:, -1] >= tr
@@ -205,6 +211,10 @@ class TopAFATrainingSAEConfig(TrainingSAEConfig):
     """Dead latents used by the AuxK loss (paper ``top_k_aux``)."""
     aux_coefficient: float = 1 / 32
     """Weight of the AuxK loss (paper ``aux_penalty``)."""
+    aux_detach: bool = False
+    """Detach the AuxK target ``x_n - x_hat_n`` (as sae-lens's TopK does), so that AuxK trains only
+    the dead latents. Off by default, as in the authors' code: the gradient also flows through
+    ``x_hat_n``, and AuxK pulls the main reconstruction towards the dead latents' prediction."""
     normalize_decoder: bool = True
     """Unit-norm decoder rows before each step, and decoder gradients projected onto the rows' tangent space."""
     decoder_init_norm: float | None = 1.0
@@ -319,7 +329,9 @@ class TopAFATrainingSAE(_TopAFAMixin, TrainingSAE[TopAFATrainingSAEConfig]):
         if dead is None or (n_dead := int(dead.sum())) == 0:
             auxk = sae_out.new_zeros(())
         else:
-            residual = (x_n - sae_out).detach()
+            residual = x_n - sae_out
+            if self.cfg.aux_detach:
+                residual = residual.detach()
             aux_acts = calculate_topk_aux_acts(min(self.cfg.aux_k, n_dead), hidden_pre.relu(), dead)
             auxk = self.cfg.aux_coefficient * (aux_acts @ w_dec - residual).pow(2).mean()
         return {"afa_loss": afa, "auxiliary_reconstruction_loss": auxk}

@@ -163,7 +163,7 @@ class DarkMatterDecomposition:
 
 
 def decompose_reconstruction(x: X, x_hat: X, *, seed: int = 0, split: tuple[Tensor, Tensor] | None = None,
-                             intercept: bool = False, ridge: float = 0.0,
+                             intercept: bool = False, ridge: float = 0.0, norm_intercept: bool = False,
                              l0: Tensor | None = None) -> DarkMatterDecomposition:
     """Split ``x - x_hat`` into its least-squares linear prediction from ``x`` and the rest.
 
@@ -173,6 +173,9 @@ def decompose_reconstruction(x: X, x_hat: X, *, seed: int = 0, split: tuple[Tens
             ``split = (fit_idx, eval_idx)`` is given (use one split for a whole SAE series).
         intercept: fit ``SaeError ≈ x W + b`` instead of ``x W`` (the paper: no intercept).
         ridge: ridge penalty of the fit (default 0: plain least squares, as in the paper).
+        norm_intercept: fit ``||SaeError||^2 ≈ x w + c`` instead of ``x w`` (the paper's main
+            figure and the authors' code: no intercept). Its R^2 is measured around the mean
+            either way, so the intercept-free score is never the higher one.
         l0: optional active latents per token, kept for the summary.
 
     Raises:
@@ -188,18 +191,19 @@ def decompose_reconstruction(x: X, x_hat: X, *, seed: int = 0, split: tuple[Tens
     err = x - x_hat
     lin = fit_linear(x[fit_idx], err[fit_idx], intercept=intercept, ridge=ridge)
     pred = lin.predict(x[eval_idx])
-    nr2, _ = norm_r2(x, err, fit_idx, eval_idx, ridge=ridge)
+    nr2, _ = norm_r2(x, err, fit_idx, eval_idx, ridge=ridge, intercept=norm_intercept)
     return DarkMatterDecomposition(x=x, sae_out=x_hat, linear=lin, fit_idx=fit_idx, eval_idx=eval_idx,
                                    vector_r2=vector_r2(err[eval_idx], pred),
                                    pooled_r2=pooled_r2(err[eval_idx], pred), norm_r2=nr2, l0=l0)
 
 
 def decompose(sae, x: X, *, seed: int = 0, split: tuple[Tensor, Tensor] | None = None,
-              intercept: bool = False, ridge: float = 0.0) -> DarkMatterDecomposition:
+              intercept: bool = False, ridge: float = 0.0, norm_intercept: bool = False) -> DarkMatterDecomposition:
     """:func:`decompose_reconstruction` with ``x_hat = Sae(x)`` (:func:`sae_reconstruct`).
 
     ``x`` holds the analysed tokens only (:func:`position_mask` is the rule on early
     positions); one row per token, float32 recommended (fp16 errors are noisy).
     """
     x_hat, l0 = sae_reconstruct(sae, x)
-    return decompose_reconstruction(x, x_hat, seed=seed, split=split, intercept=intercept, ridge=ridge, l0=l0)
+    return decompose_reconstruction(x, x_hat, seed=seed, split=split, intercept=intercept, ridge=ridge,
+                                    norm_intercept=norm_intercept, l0=l0)

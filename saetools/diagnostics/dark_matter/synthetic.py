@@ -39,7 +39,8 @@ def noise_injection(sae, x: Float[Tensor, "n d"], *, ablate_fractions: Sequence[
 
     ``eps_a, eps_r`` are independent standard normal (seeded), ``s`` the RMS per-dimension
     standard deviation of ``Sae(x)``. Each grid point is scored with
-    :func:`~saetools.diagnostics.dark_matter.decompose_reconstruction` on one fixed split.
+    :func:`~saetools.diagnostics.dark_matter.decompose_reconstruction` on one fixed split, the
+    norm regression with an intercept (the noise's squared norm has a constant mean).
 
     Returns:
         One row per grid point (the error-free point is skipped): ``ablate_fraction,
@@ -71,7 +72,10 @@ def noise_injection(sae, x: Float[Tensor, "n d"], *, ablate_fractions: Sequence[
             for sr in recon_sigmas:
                 if p == 0 and sa == 0 and sr == 0:
                     continue  # no error at all: nothing to predict
-                dm = decompose_reconstruction(true + sa * s * eps_a, base + sr * s * eps_r, split=split)
+                # with an intercept: the introduced noise's squared norm has a constant mean, which an
+                # intercept-free fit would score as unpredictable structure
+                dm = decompose_reconstruction(true + sa * s * eps_a, base + sr * s * eps_r, split=split,
+                                              norm_intercept=True)
                 rows.append({"ablate_fraction": p, "act_sigma": sa, "recon_sigma": sr,
                              **{k: v for k, v in dm.summary().items() if k not in ("n_fit", "n_eval")}})
     return pd.DataFrame(rows)
