@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from saetools.experiments import wang2022_ioi
 from saetools.reproduce import execute_notebook, notebooks_dir
 from saetools.reproduce.report import FALLBACK_CLASS, WIDGET_VIEW
 
@@ -131,7 +132,9 @@ def test_jupyterlab_runs_notebook_01_and_its_widgets_respond(browser, jupyterlab
     }""")
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     try:
-        page.get_by_text("all checks passed").first.wait_for(timeout=300_000)
+        # the last cell's output: the claims table (a headline claim's words appear nowhere else)
+        page.get_by_text(wang2022_ioi.HEADLINES["circuit is necessary (Wang et al.'s bar)"].claim).first.wait_for(
+            timeout=300_000)
     finally:
         _shot(page, "jupyterlab-notebook-01")
 

@@ -92,3 +92,42 @@ def test_the_papers_headline_claims_are_all_listed():
     for m in modules:
         for key, h in m.HEADLINES.items():
             assert h.claim and h.paper, (m.__name__, key)
+
+
+def test_seeds_run_apart_and_a_claim_must_hold_on_every_seed():
+    import dataclasses
+
+    from saetools.experiments.protocol import check_over_seeds, run_seeds
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        seed: int = 0
+        n_seeds: int = 3
+
+    @dataclasses.dataclass
+    class Res:
+        config: Cfg
+        value: float
+        seed_results: list = dataclasses.field(default_factory=list)
+
+    seen = []
+
+    def run_one(model, cfg):
+        seen.append(cfg)
+        return Res(cfg, {0: 0.9, 1000: 0.8, 2000: 0.4}[cfg.seed])
+
+    result = run_seeds(run_one, None, Cfg())
+    assert [c.seed for c in seen] == [0, 1000, 2000] and all(c.n_seeds == 1 for c in seen)
+    assert result.config == Cfg() and len(result.seed_results) == 2
+
+    def claims_of(r, claims):
+        claims("a", r.value > 0.3, f"value {r.value}", value=r.value)
+        claims("b", r.value > 0.5, f"value {r.value}", value=r.value)
+
+    with pytest.raises(ClaimFailed, match="holds on 2 of 3"):
+        check_over_seeds(result, claims_of, expected_failures=None, headlines=HEADLINES)
+    t = check_over_seeds(result, claims_of, expected_failures={"b": "one seed is short of it"}, headlines=HEADLINES)
+    assert t.verdict.tolist() == ["reproduced", "not reproduced"]
+    assert "value 0.9 (first seed) | over 3 seeds: 0.7 ± 0.26, holds on 3 of 3" == t.loc["a", "run"]
+    one = check_over_seeds(Res(Cfg(n_seeds=1), 0.9), claims_of, expected_failures=None, headlines=HEADLINES)
+    assert one.loc["a", "run"] == "value 0.9"

@@ -31,8 +31,10 @@ from saetools.experiments.protocol import (
     ClaimsTable,
     Headline,
     Profiles,
+    check_over_seeds,
     claim,
     require_model,
+    run_seeds,
     subplots,
     tf32_on_cuda,
 )
@@ -100,8 +102,13 @@ class Config(Profiles):
     error, LinearError and NonlinearError, and compare how well each reconstructs its part."""
     seed: int = 0
     """Seeds the corpus, the training and the fit/eval split."""
+    n_seeds: int = 1
+    """Seeds to run (``seed``, ``seed + 1000``, ...: data, initialisation and batch order all
+    change); :func:`check` reports each claim's spread over them and needs it on every seed."""
 
     def __post_init__(self):
+        if self.n_seeds < 1:
+            raise ValueError(f"Config.n_seeds must be >= 1, got {self.n_seeds}")
         for name in ("k", "prev_width", "n_train_documents", "total_samples", "batch_size", "n_rows",
                      "context_size", "n_documents", "n_splice_rows", "pursuit_max_elements"):
             if getattr(self, name) <= 0:
@@ -126,7 +133,7 @@ class Config(Profiles):
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
         # 1,500 steps per SAE
-        "cpu": {"n_train_documents": 6000, "total_samples": 384_000, "n_documents": 1000},
+        "cpu": {"n_seeds": 3, "n_train_documents": 6000, "total_samples": 384_000, "n_documents": 1000},
         "test": {"context_size": 64, "widths": (32, 64, 128), "k": 4, "prev_width": 32, "n_train_documents": 24, "total_samples": 2048,
                  "n_documents": 450, "n_rows": 8, "n_splice_rows": 4, "pursuit_max_elements": 2**22},
         "full": {
@@ -176,6 +183,8 @@ class Result:
     """Wall time of :func:`run`."""
     meta: dict = field(default_factory=dict)
     """Hook names, token counts, the config as a dict."""
+    seed_results: list = field(default_factory=list)
+    """The other seeds' results (``Config.n_seeds > 1``); this one is the first seed's."""
 
 
 def _series(model, cfg: Config, hook: str, prev_hook: str) -> tuple[list, object]:
@@ -258,6 +267,12 @@ def check_model(model, cfg: Config | None = None) -> None:
 
 @tf32_on_cuda
 def run(model, cfg: Config) -> Result:
+    """Every measurement, once per seed (:func:`~saetools.experiments.protocol.run_seeds`)."""
+    check_model(model, cfg)
+    return run_seeds(_run_one, model, cfg)
+
+
+def _run_one(model, cfg: Config) -> Result:
     """Build or load the width series, decompose each SAE's error, fit, pursue and splice."""
     check_model(model, cfg)
     t0 = time.perf_counter()
@@ -501,24 +516,31 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     regions sum to FVU(Sae), pursuit respects each token's L0, and splicing back either part of
     the error costs less CE than the plain SAE splice.
     """
-    claims = Claims(expected_failures, headlines=HEADLINES)
+    return check_over_seeds(result, _claims, expected_failures=expected_failures, headlines=HEADLINES)
+
+
+def _claims(result: Result, claims: Claims) -> None:
+    """One seed's claims (:func:`check`)."""
     t = result.table
     widths = ", ".join(map(str, t.width))
     claims("norm predictable", (t.norm_r2 > NORM_R2_MIN).all(),
            f"norm R^2 {', '.join(f'{v:.3f}' for v in t.norm_r2)} without an intercept, as in the paper "
-           f"({', '.join(f'{v:.3f}' for v in t.norm_r2_intercept)} with one; widths {widths})")
+           f"({', '.join(f'{v:.3f}' for v in t.norm_r2_intercept)} with one; widths {widths})", value=t.norm_r2.min())
     lo, hi = VECTOR_R2_RANGE
     claims("vector about half", t.vector_r2.between(lo, hi).all(),
-           f"vector R^2 {', '.join(f'{v:.3f}' for v in t.vector_r2)} (widths {widths})")
+           f"vector R^2 {', '.join(f'{v:.3f}' for v in t.vector_r2)} (widths {widths})", value=t.vector_r2.mean())
     sae_change, lin_change = result.trend["fvu_sae_relative_change"], result.trend["fvu_sae_linear_relative_change"]
     claims("nonlinear error flat", sae_change < 0 and abs(lin_change) <= FLAT_RATIO * abs(sae_change),
-           f"smallest -> largest width: FVU(Sae) {sae_change:+.1%}, FVU(Sae + LinearError) {lin_change:+.1%}")
+           f"smallest -> largest width: FVU(Sae) {sae_change:+.1%}, FVU(Sae + LinearError) {lin_change:+.1%}",
+           value=lin_change)
     rng = t.fvu_sae.max() - t.fvu_sae.min()
     claims("power law plus constant", result.power_law.rmse < 0.1 * rng,
-           f"rmse {result.power_law.rmse:.2g} vs the points' range {rng:.2g} (c = {result.power_law.c:.3f})")
+           f"rmse {result.power_law.rmse:.2g} vs the points' range {rng:.2g} (c = {result.power_law.c:.3f})",
+           value=result.power_law.rmse / rng)
     r = result.norm_r2
     off = r[~np.eye(len(r), dtype=bool)]
-    claims("same tokens", off.min() > 0.5, f"cross-width R^2 of error norms {off.min():.3f}-{off.max():.3f}")
+    claims("same tokens", off.min() > 0.5, f"cross-width R^2 of error norms {off.min():.3f}-{off.max():.3f}",
+           value=off.min())
     n = result.noise
     recon_only = n[(n.ablate_fraction == 0) & (n.act_sigma == 0) & (n.recon_sigma > 0)]
     act_only = n[(n.ablate_fraction == 0) & (n.act_sigma > 0) & (n.recon_sigma == 0)]
@@ -530,7 +552,7 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
                ((scores - chance).abs() < 0.05).all().all() and (act_only.vector_r2 > 0.3).all(),
                f"introduced: vector R^2 {', '.join(f'{v:.3f}' for v in scores.vector_r2)}, norm R^2 "
                f"{', '.join(f'{v:.3f}' for v in scores.norm_r2)} (chance {chance:.3f}); activation noise: vector R^2 "
-               f"{', '.join(f'{v:.3f}' for v in act_only.vector_r2)}")
+               f"{', '.join(f'{v:.3f}' for v in act_only.vector_r2)}", value=float((scores - chance).abs().max().max()))
     else:
         claims.untestable("introduced error unpredictable", "the noise grid needs 0 and a positive sigma")
     red = nonlinear_reduction(result).set_index("method").share_removed
@@ -538,13 +560,14 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     earlier = red[[f"linear map from {c}" for c in EARLIER if f"linear map from {c}" in red.index]]
     claims("pursuit slight", pursuit < 0.25 and pursuit < earlier.max(),
            f"share of the nonlinear error removed: pursuit {pursuit:.3f}, best earlier component "
-           f"{earlier.max():.3f} ({earlier.idxmax()[len('linear map from '):]})")
+           f"{earlier.max():.3f} ({earlier.idxmax()[len('linear map from '):]})", value=pursuit)
     if result.nonlinear_saes is None:
         claims.untestable("nonlinear SAE worse", "this run trains no SAEs on the error parts (train_on_errors=False)")
     else:
         e = result.nonlinear_saes.set_index("target").fvu
         claims("nonlinear SAE worse", e["NonlinearError"] > e["LinearError"],
-               f"FVU of an SAE on each part: NonlinearError {e['NonlinearError']:.3f}, LinearError {e['LinearError']:.3f}")
+               f"FVU of an SAE on each part: NonlinearError {e['NonlinearError']:.3f}, LinearError {e['LinearError']:.3f}",
+               value=e["NonlinearError"] - e["LinearError"])
 
     claim((t.fvu_sae_linear < t.fvu_sae).all(), f"FVU(Sae + LinearError) {t.fvu_sae_linear.round(4).tolist()} "
           f"should be below FVU(Sae) {t.fvu_sae.round(4).tolist()}")
@@ -553,4 +576,3 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     for part in ("sae+linear", "sae+nonlinear"):
         claim((t[f"ce_delta_{part}"] < t.ce_delta_sae).all(),
               f"CE cost of {part} {t[f'ce_delta_{part}'].round(4).tolist()} vs Sae {t.ce_delta_sae.round(4).tolist()}")
-    return claims.table()

@@ -44,8 +44,10 @@ from saetools.experiments.protocol import (
     Headline,
     Profiles,
     at_matched_l0,
+    check_over_seeds,
     claim,
     require_model,
+    run_seeds,
     short_training,
     subplots,
     tf32_on_cuda,
@@ -101,6 +103,10 @@ class Config(Profiles):
     """Bundled SAEs to include (those whose hook is this run's hook)."""
     pretrained: tuple[tuple[str, str], ...] = ()
     """sae-lens pretrained ``(release, sae_id)`` pairs to include (need the hub or a cache)."""
+    layer_sweep_k: int = 16
+    """``k`` of the TopK SAE trained at every layer's residual stream (``hook_resid_pre`` of each
+    block and the last ``hook_resid_post``) to compare how epsilon_LBO and the reconstruction
+    error rank the layers; 0: no sweep."""
     toy_d: int = 64
     """Toy dense dimension."""
     toy_h: int = 48
@@ -116,8 +122,13 @@ class Config(Profiles):
     """Probability that a toy feature is active on a sample."""
     seed: int = 0
     """Seeds data, initialisation, batch order and the toys."""
+    n_seeds: int = 1
+    """Seeds to run (``seed``, ``seed + 1000``, ...: data, initialisation and batch order all
+    change); :func:`check` reports each claim's spread over them and needs it on every seed."""
 
     def __post_init__(self):
+        if self.n_seeds < 1:
+            raise ValueError(f"Config.n_seeds must be >= 1, got {self.n_seeds}")
         for name in ("n_documents", "n_eval_documents", "d_sae", "total_samples", "batch_size", "toy_d", "toy_h",
                      "toy_samples"):
             if getattr(self, name) <= 0:
@@ -132,6 +143,8 @@ class Config(Profiles):
             raise ValueError(f"Config.toy_overlaps must be increasing values in [0, 1), got {self.toy_overlaps}")
         if len(self.toy_overlaps) < 2 or self.toy_overlaps[0] != 0:
             raise ValueError("Config.toy_overlaps must start at 0 and hold at least two values")
+        if self.layer_sweep_k < 0 or self.layer_sweep_k > self.d_sae:
+            raise ValueError(f"Config.layer_sweep_k must be in [0, d_sae={self.d_sae}], got {self.layer_sweep_k}")
         if self.toy_h >= self.toy_d:
             raise ValueError(f"Config.toy_h ({self.toy_h}) must be < toy_d ({self.toy_d}) so that the "
                              "toy coherence equals the overlap")
@@ -139,7 +152,7 @@ class Config(Profiles):
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
         # 1,500 steps per SAE; the TopK sweep spans the L0 that top-AFA picks
-        "cpu": {"n_documents": 6000, "n_eval_documents": 200, "total_samples": 768_000, "k_values": (8, 16, 32, 64),
+        "cpu": {"n_seeds": 3, "n_documents": 6000, "n_eval_documents": 200, "total_samples": 768_000, "k_values": (8, 16, 32, 64),
                 "afa_coefficients": (1 / 64, 1 / 32, 1 / 16)},
         "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "d_sae": 64, "total_samples": 2048, "batch_size": 256,
                  "toy_samples": 600, "toy_superposition_h": 96},
@@ -177,8 +190,14 @@ class Result:
     """AFA quantities of every SAE on the held-out activations."""
     afa_target: pd.DataFrame
     """Spread of the top-AFA target ``||x_n - b_dec||`` over tokens, per top-AFA SAE."""
+    layers: pd.DataFrame | None = None
+    """One TopK SAE per layer (:attr:`Config.layer_sweep_k`): ``hook``, the medians over held-out
+    tokens of ``eps_lbo`` and of the normalised reconstruction error ``recon_error``
+    (``||z - z_hat||^2 / ||z||^2``), the paired violins of the paper's figure."""
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    seed_results: list = field(default_factory=list)
+    """The other seeds' results (``Config.n_seeds > 1``); this one is the first seed's."""
 
 
 def toy_bounds(toy: ToySuperposition, n: int, *, seed: int, name: str) -> tuple[dict, ZFData]:
@@ -291,6 +310,12 @@ def check_model(model, cfg: Config | None = None) -> None:
 
 @tf32_on_cuda
 def run(model, cfg: Config) -> Result:
+    """Every measurement, once per seed (:func:`~saetools.experiments.protocol.run_seeds`)."""
+    check_model(model, cfg)
+    return run_seeds(_run_one, model, cfg)
+
+
+def _run_one(model, cfg: Config) -> Result:
     """Toy bounds, then train every architecture on the same activations, convert, evaluate and ZF-plot."""
     check_model(model, cfg)
     t0 = time.perf_counter()
@@ -322,13 +347,33 @@ def run(model, cfg: Config) -> Result:
     table = table.join(zf_table, on="sae")
     afa_target = pd.DataFrame([_afa_target(n, saes[n], eval_acts, info[n][2]) for n in saes
                                if info[n][0] == "topafa"])
-    return Result(config=cfg, toy=toy, toy_zf=toy_zf, table=table, zf=zf, afa_target=afa_target,
+    layers = _layer_sweep(model, cfg, tokens, keep, eval_tokens, eval_keep) if cfg.layer_sweep_k else None
+    return Result(config=cfg, toy=toy, toy_zf=toy_zf, table=table, zf=zf, afa_target=afa_target, layers=layers,
                          seconds=time.perf_counter() - t0, meta={**meta, "config": asdict(cfg)})
 
 
+def _layer_sweep(model, cfg: Config, tokens, keep, eval_tokens, eval_keep) -> pd.DataFrame:
+    """One TopK SAE per residual-stream layer; medians of epsilon_LBO and of the reconstruction error."""
+    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    hooks.append(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+    rows = []
+    for i, hook in enumerate(hooks):
+        acts = collect_activations(model, tokens, hook, mask=keep)
+        held = collect_activations(model, eval_tokens, hook, mask=eval_keep)
+        sae_cfg = TopKTrainingSAEConfig(k=cfg.layer_sweep_k, d_in=acts.shape[1], d_sae=cfg.d_sae,
+                                        metadata=SAEMetadata(hook_name=hook), normalize_activations="expected_average_only_in")
+        sae = train_sae(acts, sae_cfg, total_samples=cfg.total_samples, batch_size=cfg.batch_size, lr=cfg.lr,
+                        seed=cfg.seed + 500 + i, adam_betas=AUTHORS_ADAM_BETAS, dead_feature_window=AUTHORS_DEAD_WINDOW)
+        d = zf_data(sae, held, name=hook)
+        rows.append({"hook": hook, "eps_lbo": float(np.nanmedian(d.eps_lbo)),
+                     "recon_error": float(np.nanmedian(d.recon_error))})
+    return pd.DataFrame(rows)
+
+
 def figures(result: Result) -> dict[str, Figure]:
-    """``{"toy_zf", "zf", "violin", "frontier"}``: toy ZF plots, ZF plots of the SAEs, paired violins
-    (reconstruction error | epsilon_LBO), and nMSE / loss recovered vs L0 with top-AFA's k histogram."""
+    """``{"toy_zf", "zf", "violin", "frontier", "layers"}``: toy ZF plots, ZF plots of the SAEs,
+    paired violins (reconstruction error | epsilon_LBO), nMSE / loss recovered vs L0 with
+    top-AFA's k histogram, and (with a layer sweep) both medians by layer."""
     from saetools.diagnostics.afa import zf_plot, zf_violin_plot
 
     toy_names = list(result.toy_zf)
@@ -359,7 +404,23 @@ def figures(result: Result) -> dict[str, Figure]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     figs["frontier"] = fig
+    if result.layers is not None:
+        figs["layers"] = _layers_figure(result.layers)
     return figs
+
+
+def _layers_figure(layers: pd.DataFrame) -> Figure:
+    """Median epsilon_LBO and median reconstruction error of one TopK SAE per layer."""
+    fig, axes = subplots(1, 2, figsize=(10, 3.5))
+    names = [h.replace("blocks.", "layer ").replace(".hook_resid_", " ") for h in layers.hook]
+    for ax, col, label in ((axes[0], "recon_error", "median ||z - z_hat||^2 / ||z||^2"),
+                           (axes[1], "eps_lbo", "median epsilon_LBO")):
+        ax.bar(range(len(layers)), layers[col])
+        ax.set(xticks=range(len(layers)), xticklabels=names, ylabel=label,
+               title=f"{label.split(' ', 1)[1]} by layer (TopK SAEs)")
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    return fig
 
 
 HEADLINES: dict[str, Headline] = {
@@ -407,20 +468,26 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     the TopK curve at that L0. Also asserted: with per-token standardisation the AFA target
     varies at most half as much across tokens, and every trained SAE recovers most of the loss.
     """
-    claims = Claims(expected_failures, headlines=HEADLINES)
+    return check_over_seeds(result, _claims, expected_failures=expected_failures, headlines=HEADLINES)
+
+
+def _claims(result: Result, claims: Claims) -> None:
+    """One seed's claims (:func:`check`)."""
     cfg, toy = result.config, result.toy
     sweep = toy[toy.h == cfg.toy_h]
     eps = sweep.eps_lbo.to_numpy()
     claims("eps_lbo", eps[0] < 1e-6 and (np.diff(eps) > 0).all(),
-           f"median epsilon_LBO {eps[0]:.1e} at overlap 0, then {', '.join(f'{e:.3f}' for e in eps[1:])}")
+           f"median epsilon_LBO {eps[0]:.1e} at overlap 0, then {', '.join(f'{e:.3f}' for e in eps[1:])}",
+           value=eps[-1])
     inside = toy.in_global_band.dropna()
     worst = float(toy.l1_eps_lbo_over_coherence.max())
     claims("bound", worst <= 1 + 1e-6 and (inside == 1.0).all(),
-           f"largest l1 epsilon_LBO / coherence {worst:.4f}; share inside the global band {inside.min():.3f}")
+           f"largest l1 epsilon_LBO / coherence {worst:.4f}; share inside the global band {inside.min():.3f}",
+           value=worst)
     broken = [sweep["in_band_0.25"].iloc[-1]] + list(toy[toy.h != cfg.toy_h]["in_band_0.25"])
     claims("band", sweep["in_band_0.25"].iloc[0] == 1.0 and all(b < 1.0 for b in broken),
            f"share inside c = 0.25: {sweep['in_band_0.25'].iloc[0]:.2f} orthonormal, "
-           f"{', '.join(f'{b:.2f}' for b in broken)} at the largest overlap / in superposition")
+           f"{', '.join(f'{b:.2f}' for b in broken)} at the largest overlap / in superposition", value=max(broken))
 
     t = result.table.set_index("sae")
     afa_rows = [n for n in t.index if t.loc[n, "family"] == "topafa"]
@@ -432,10 +499,11 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
         ref = topk.sort_values("l0").index[0]
         dev = {n: float(np.nanmedian(np.abs(result.zf[n].ratio - 1))) for n in [ref, *afa_rows]}
         ratio_ref = float(np.nanmedian(result.zf[ref].ratio))
-        claims("topk underactivated", ratio_ref < 1, f"{ref}: median ||f~|| / ||z|| = {ratio_ref:.3f}")
+        claims("topk underactivated", ratio_ref < 1, f"{ref}: median ||f~|| / ||z|| = {ratio_ref:.3f}", value=ratio_ref)
         better = all(dev[n] < dev[ref] and t.loc[n, "zf_eps_lbo"] < t.loc[ref, "zf_eps_lbo"] for n in afa_rows)
         claims("top-AFA follows the AFA", better, "median | ||f~|| / ||z|| - 1 |: " + ", ".join(
-            f"{n} {dev[n]:.3f} (epsilon_LBO {t.loc[n, 'zf_eps_lbo']:.3f})" for n in dev))
+            f"{n} {dev[n]:.3f} (epsilon_LBO {t.loc[n, 'zf_eps_lbo']:.3f})" for n in dev),
+            value=max(dev[n] for n in afa_rows))
         why = short_training(cfg.total_samples // cfg.batch_size)
         gaps = {n: t.loc[n, "nmse_standardised"] / at_matched_l0(topk.l0, topk.nmse_standardised, t.loc[n, "l0"]) - 1
                 for n in afa_rows}
@@ -448,12 +516,25 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
                               f"the TopK sweep's ({topk.l0.min():.1f}-{topk.l0.max():.1f}); widen k_values")
         else:
             claims("top-AFA matches TopK at equal L0", all(g <= MATCH_TOLERANCE for g in gaps.values()),
-                   "nMSE relative to TopK at the same L0: " + ", ".join(f"{n} {g:+.1%}" for n, g in gaps.items()))
+                   "nMSE relative to TopK at the same L0: " + ", ".join(f"{n} {g:+.1%}" for n, g in gaps.items()),
+                   value=max(gaps.values()))
     else:
         for key in ("topk underactivated", "top-AFA follows the AFA", "top-AFA matches TopK at equal L0"):
             claims.untestable(key, "the profile trains no TopK or no top-AFA SAE")
-    claims.untestable("eps_LBO ranks layers differently",
-                      "needs an SAE at every layer; this experiment trains SAEs at one layer")
+    lay = result.layers
+    if lay is None or len(lay) < 3:
+        claims.untestable("eps_LBO ranks layers differently", "needs an SAE at 3 or more layers (layer_sweep_k > 0)")
+    elif why := short_training(cfg.total_samples // cfg.batch_size):
+        claims.untestable("eps_LBO ranks layers differently", why)
+    else:
+        by_eps, by_err = lay.eps_lbo.rank().to_numpy(), lay.recon_error.rank().to_numpy()
+        rho = float(np.corrcoef(by_eps, by_err)[0, 1])
+        short = [h.replace("blocks.", "").replace(".hook_resid_", " ") for h in lay.hook]
+        differs = lay.eps_lbo.idxmin() != lay.recon_error.idxmin() or lay.eps_lbo.idxmax() != lay.recon_error.idxmax()
+        claims("eps_LBO ranks layers differently", differs,
+               f"best / worst layer by epsilon_LBO {short[lay.eps_lbo.idxmin()]} / {short[lay.eps_lbo.idxmax()]}, by "
+               f"reconstruction error {short[lay.recon_error.idxmin()]} / {short[lay.recon_error.idxmax()]}; rank "
+               f"correlation {rho:.2f}", value=rho)
     spread_ = result.afa_target
     if spread_.standardised.nunique() == 2:
         cv_std = spread_[spread_.standardised].target_cv.max()
@@ -462,4 +543,3 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     trained = t[~t.family.str.endswith("(reference)")]
     claim((trained.loss_recovered_zero > 0.5).all(),
           f"trained SAEs should recover most of the loss: {trained.loss_recovered_zero.round(3).to_dict()}")
-    return claims.table()

@@ -37,8 +37,10 @@ from saetools.experiments.protocol import (
     ClaimsTable,
     Headline,
     Profiles,
+    check_over_seeds,
     claim,
     require_model,
+    run_seeds,
     short_training,
     subplots,
     tf32_on_cuda,
@@ -107,8 +109,13 @@ class Config(Profiles):
     """Decay the learning rate linearly to 0 over this last fraction of the steps (the authors: 0.2)."""
     seed: int = 0
     """Seeds data, initialisation and batch order."""
+    n_seeds: int = 1
+    """Seeds to run (``seed``, ``seed + 1000``, ...: data, initialisation and batch order all
+    change); :func:`check` reports each claim's spread over them and needs it on every seed."""
 
     def __post_init__(self):
+        if self.n_seeds < 1:
+            raise ValueError(f"Config.n_seeds must be >= 1, got {self.n_seeds}")
         if not 0 <= self.lr_decay_fraction < 1 or self.switch_aux_loss_coefficient < 0:
             raise ValueError("Config.lr_decay_fraction must be in [0, 1) and switch_aux_loss_coefficient >= 0, got "
                              f"{self.lr_decay_fraction}, {self.switch_aux_loss_coefficient}")
@@ -128,7 +135,7 @@ class Config(Profiles):
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
         # 1,200 steps per SAE on 200k activations
-        "cpu": {"n_documents": 10_000, "n_eval_documents": 200, "total_samples": 1_228_800},
+        "cpu": {"n_seeds": 3, "n_documents": 10_000, "n_eval_documents": 200, "total_samples": 1_228_800},
         "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "width": 64, "k_values": (4, 8), "flop_matched_experts": (2, 4),
                  "width_matched_experts": (2, 4), "width_matched_k": 8, "balance_experts": 4, "total_samples": 2048,
                  "batch_size": 256},
@@ -176,6 +183,8 @@ class Result:
     """Max |routed - dense-and-mask| reconstruction on held-out activations, relative to max |x|."""
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    seed_results: list = field(default_factory=list)
+    """The other seeds' results (``Config.n_seeds > 1``); this one is the first seed's."""
 
 
 def _runs(cfg: Config) -> dict[str, dict]:
@@ -240,6 +249,12 @@ def check_model(model, cfg: Config | None = None) -> None:
 
 @tf32_on_cuda
 def run(model, cfg: Config) -> Result:
+    """Every measurement, once per seed (:func:`~saetools.experiments.protocol.run_seeds`)."""
+    check_model(model, cfg)
+    return run_seeds(_run_one, model, cfg)
+
+
+def _run_one(model, cfg: Config) -> Result:
     """Train every SAE on the same activations, evaluate, measure routing and geometry."""
     check_model(model, cfg)
     t0 = time.perf_counter()
@@ -450,7 +465,11 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     softmax routing has a lower FVU than Heaviside; the share of duplicate latents (decoder
     cosine > 0.9) grows with ``N`` and exceeds that of random directions of the same shape.
     """
-    claims = Claims(expected_failures, headlines=HEADLINES)
+    return check_over_seeds(result, _claims, expected_failures=expected_failures, headlines=HEADLINES)
+
+
+def _claims(result: Result, claims: Claims) -> None:
+    """One seed's claims (:func:`check`)."""
     t, cfg = result.table.set_index("sae"), result.config
     claim(result.routed_vs_masked < 1e-5, f"routed vs dense-and-mask differ by {result.routed_vs_masked:.2e}")
     topk_flops = t[t.family == "topk"].encoder_flops.iloc[0]
@@ -472,7 +491,8 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
         free, balanced = b[b.alpha == 0].iloc[0], b[b.alpha > 0]
         claims("balancing", (balanced.load_balance < free.load_balance).all() and (balanced.max_load < free.max_load).all(),
                f"L_lb {free.load_balance:.3f} at alpha=0 -> {', '.join(f'{v:.3f}' for v in balanced.load_balance)}; "
-               f"busiest expert {free.max_load:.2f}x -> {', '.join(f'{v:.2f}x' for v in balanced.max_load)} uniform")
+               f"busiest expert {free.max_load:.2f}x -> {', '.join(f'{v:.2f}x' for v in balanced.max_load)} uniform",
+               value=balanced.load_balance.max())
     else:
         claims.untestable("balancing", "the alpha sweep needs 0 and a positive value")
     why = short_training(cfg.total_samples // cfg.batch_size)
@@ -481,31 +501,32 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
         for key in ("width-matched slightly worse", "FLOP-matched Switch beats TopK", "more experts, larger gain", "softmax beats Heaviside",
                     "duplicates grow with experts"):
             claims.untestable(key, why)
-        return claims.table()
+        return
     fvu = {(n, k): t.loc[f"flop N={n} k={k}", "fvu"] for n in cfg.flop_matched_experts for k in cfg.k_values}
     tk = {k: t.loc[f"topk k={k}", "fvu"] for k in cfg.k_values}
     ref = t[(t.family == "topk") & (t.k == cfg.width_matched_k)]
     if len(ref) and len(w) > 1:
         claims("width-matched slightly worse", (w.fvu > ref.fvu.iloc[0]).all() and np.all(np.diff(w.fvu.values) > 0),
-               f"FVU TopK {ref.fvu.iloc[0]:.3f}; " + ", ".join(f"{n} experts {v:.3f}" for n, v in zip(w.n_experts, w.fvu)))
+               f"FVU TopK {ref.fvu.iloc[0]:.3f}; " + ", ".join(f"{n} experts {v:.3f}" for n, v in zip(w.n_experts, w.fvu)),
+               value=w.fvu.iloc[0] / ref.fvu.iloc[0] - 1)
     else:
         claims.untestable("width-matched slightly worse", "needs a TopK at width_matched_k and two expert counts")
 
     claims("FLOP-matched Switch beats TopK", all(fvu[n_max, k] < tk[k] for k in cfg.k_values),
-           "; ".join(f"k={k}: FVU {fvu[n_max, k]:.4f} ({n_max} experts) vs TopK {tk[k]:.4f}" for k in cfg.k_values))
+           "; ".join(f"k={k}: FVU {fvu[n_max, k]:.4f} ({n_max} experts) vs TopK {tk[k]:.4f}" for k in cfg.k_values),
+           value=max(fvu[n_max, k] / tk[k] - 1 for k in cfg.k_values))
     ns = sorted(cfg.flop_matched_experts)
     claims("more experts, larger gain", all(np.all(np.diff([fvu[n, k] for n in ns]) < 0) for k in cfg.k_values),
            "; ".join(f"k={k}: " + " -> ".join(f"{fvu[n, k]:.4f}" for n in ns) for k in cfg.k_values)
-           + f" ({' / '.join(map(str, ns))} experts)")
+           + f" ({' / '.join(map(str, ns))} experts)", value=max(fvu[ns[-1], k] / fvu[ns[0], k] - 1 for k in cfg.k_values))
     soft = t.loc[f"balance N={cfg.balance_experts} alpha={cfg.alpha:g}", "fvu"] if \
         f"balance N={cfg.balance_experts} alpha={cfg.alpha:g}" in t.index else t.loc[f"width N={cfg.balance_experts} k={cfg.width_matched_k}", "fvu"]
     hard = t.loc[f"routing N={cfg.balance_experts} heaviside", "fvu"]
     claims("softmax beats Heaviside", soft < hard, f"{cfg.balance_experts} experts, k={cfg.width_matched_k}: FVU "
-           f"{soft:.4f} softmax vs {hard:.4f} Heaviside")
+           f"{soft:.4f} softmax vs {hard:.4f} Heaviside", value=soft / hard - 1)
     g = result.geometry.set_index("name")
     dup = [g.loc[f"flop N={n} k={k}", "duplicate_frac"] for n in ns for k in cfg.k_values[-1:]]
     chance = [g.loc[f"random {n * cfg.width}", "duplicate_frac"] for n in ns]
     claims("duplicates grow with experts", np.all(np.diff(dup) > 0) and all(d > c for d, c in zip(dup, chance)),
            f"duplicate share (k={cfg.k_values[-1]}, FLOP-matched): " + ", ".join(
-               f"{n} experts {d:.3f} (random directions {c:.3f})" for n, d, c in zip(ns, dup, chance)))
-    return claims.table()
+               f"{n} experts {d:.3f} (random directions {c:.3f})" for n, d, c in zip(ns, dup, chance)), value=dup[-1])

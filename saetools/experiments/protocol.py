@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["CLAIMS_MIMETYPE", "CLAIM_COLUMNS", "NOT_REPRODUCED", "NOT_TESTABLE", "REPRODUCED", "ClaimFailed",
            "Claims", "ClaimsTable", "Headline", "Profiles", "UnsupportedModelError", "claim", "require_model", "require_release_model",
-           "MIN_COMPARISON_STEPS", "at_matched_l0", "short_training", "spread", "subplots", "tf32_on_cuda"]
+           "MIN_COMPARISON_STEPS", "at_matched_l0", "check_over_seeds", "run_seeds", "short_training", "spread", "subplots", "tf32_on_cuda"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,6 +140,11 @@ seed spread where the run has several seeds), the verdict, and why (for a claim 
 or not testable)."""
 
 
+CLAIM_COLUMN_LABELS = {"claim": "claim", "paper": "paper's value", "run": "this run's value (± seed spread)",
+                       "verdict": "verdict", "why": "why"}
+"""How a claims table names its columns on screen."""
+
+
 @dataclass(frozen=True)
 class Headline:
     """One of a paper's headline claims, as the paper states it."""
@@ -157,6 +162,11 @@ class ClaimsTable(pd.DataFrame):
     @property
     def _constructor(self):
         return ClaimsTable
+
+    def _repr_html_(self):
+        """The whole text of every cell (no truncation), column names in words."""
+        with pd.option_context("display.max_colwidth", None):
+            return pd.DataFrame(self).rename(columns=CLAIM_COLUMN_LABELS)._repr_html_()
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {CLAIMS_MIMETYPE: {"rows": [{"key": k, **r} for k, r in zip(self.index, self.to_dict("records"))]}}
@@ -185,7 +195,11 @@ class Claims:
     """
 
     def __init__(self, expected_failures: Mapping[str, str] | None = None, *,
-                 headlines: Mapping[str, Headline] | None = None):
+                 headlines: Mapping[str, Headline] | None = None, collect: bool = False):
+        self.collect = collect
+        """Record every claim without raising (one seed of several; :func:`check_over_seeds` decides)."""
+        self.values: dict[str, float] = {}
+        self.holds: dict[str, bool] = {}
         self.expected = dict(expected_failures or {})
         self.headlines = dict(headlines or {})
         self.rows: list[dict] = []
@@ -199,8 +213,17 @@ class Claims:
         self.rows.append({"claim": h.claim if h else key, "paper": h.paper if h else (paper or ""), "run": run,
                           "verdict": verdict, "why": why, "key": key})
 
-    def __call__(self, key: str, holds: object, run: str, *, paper: str | None = None) -> None:
+    def __call__(self, key: str, holds: object, run: str, *, paper: str | None = None,
+                 value: float | None = None) -> None:
+        """Record claim ``key``: whether it ``holds``, the measured numbers (``run``), and its
+        headline number ``value`` (what the seed spread is computed on)."""
         holds = bool(holds)
+        self.holds[key] = holds
+        if value is not None:
+            self.values[key] = float(value)
+        if self.collect:
+            self._row(key, run, REPRODUCED if holds else NOT_REPRODUCED, "", paper)
+            return
         if key in self.expected:
             self._row(key, run, NOT_REPRODUCED if not holds else "unexpectedly holds", self.expected[key], paper)
             if holds:
@@ -213,6 +236,10 @@ class Claims:
     def untestable(self, key: str, why: str, run: str = "", *, paper: str | None = None) -> None:
         """Record ``key`` as not testable at this profile, and why."""
         self._row(key, run, NOT_TESTABLE, why, paper)
+
+    def row(self, key: str) -> dict:
+        """The recorded row of ``key``."""
+        return next(r for r in self.rows if r["key"] == key)
 
     def table(self) -> ClaimsTable:
         """One row per claim, in the order recorded, indexed by key (columns
@@ -239,6 +266,59 @@ def short_training(steps: int) -> str | None:
         return None
     return (f"each SAE trains {steps} steps, short of the {MIN_COMPARISON_STEPS} a comparison of architectures "
             "needs; the cpu profile trains them to convergence")
+
+
+def run_seeds(run_one: Callable, model, cfg):
+    """``run_one(model, cfg)`` once per seed of ``cfg.n_seeds`` (seeds ``cfg.seed + 1000 i``: the
+    data, initialisation and batch order all change); returns the first seed's result with the
+    others in its ``seed_results`` and ``cfg`` as its config."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    if cfg.n_seeds == 1:
+        return run_one(model, cfg)
+    results = [run_one(model, dataclasses.replace(cfg, seed=cfg.seed + 1000 * i, n_seeds=1))
+               for i in tqdm(range(cfg.n_seeds), desc="seeds")]
+    first = results[0]
+    first.config, first.seed_results = cfg, results[1:]
+    return first
+
+
+def check_over_seeds(result, claims_of: Callable, *, expected_failures: Mapping[str, str] | None,
+                     headlines: Mapping[str, Headline]) -> ClaimsTable:
+    """The claims table of ``result`` and its other seeds (``result.seed_results``).
+
+    ``claims_of(result, claims)`` records one seed's claims. With one seed, that is the table.
+    With several, a claim is reproduced only when it holds on every seed; its row shows the first
+    seed's numbers and the spread of its headline ``value`` over the seeds (:func:`spread`). A
+    claim untestable on any seed is untestable.
+    """
+    seeds = [result, *getattr(result, "seed_results", [])]
+    if len(seeds) == 1:
+        claims = Claims(expected_failures, headlines=headlines)
+        claims_of(result, claims)
+        return claims.table()
+    per_seed = []
+    for r in seeds:
+        c = Claims(headlines=headlines, collect=True)
+        claims_of(r, c)
+        per_seed.append(c)
+    final = Claims(expected_failures, headlines=headlines)
+    for key in [row["key"] for row in per_seed[0].rows]:
+        rows = [c.row(key) for c in per_seed]
+        first = rows[0]
+        paper = None if key in headlines else first["paper"]
+        if any(r["verdict"] == NOT_TESTABLE for r in rows):
+            why = next(r["why"] for r in rows if r["verdict"] == NOT_TESTABLE)
+            final.untestable(key, why, first["run"], paper=paper)
+            continue
+        n_hold = sum(c.holds[key] for c in per_seed)
+        values = [c.values[key] for c in per_seed if key in c.values]
+        spread_ = f"{np.mean(values):.3g} ± {np.std(values, ddof=1):.2g}, " if len(values) == len(seeds) else ""
+        final(key, n_hold == len(seeds), f"{first['run']} (first seed) | over {len(seeds)} seeds: {spread_}holds on "
+              f"{n_hold} of {len(seeds)}", paper=paper)
+    return final.table()
 
 
 def at_matched_l0(ref_l0, ref_y, l0: float) -> float:

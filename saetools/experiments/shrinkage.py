@@ -35,8 +35,10 @@ from saetools.experiments.protocol import (
     Headline,
     Profiles,
     at_matched_l0,
+    check_over_seeds,
     claim,
     require_model,
+    run_seeds,
     short_training,
     subplots,
     tf32_on_cuda,
@@ -81,8 +83,13 @@ class Config(Profiles):
     """Sweep for TopK and BatchTopK."""
     seed: int = 0
     """Seeds data, initialisation and batch order."""
+    n_seeds: int = 1
+    """Seeds to run (``seed``, ``seed + 1000``, ...: data, initialisation and batch order all
+    change); :func:`check` reports each claim's spread over them and needs it on every seed."""
 
     def __post_init__(self):
+        if self.n_seeds < 1:
+            raise ValueError(f"Config.n_seeds must be >= 1, got {self.n_seeds}")
         for name in ("n_documents", "n_eval_documents", "d_sae", "total_samples", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Config.{name} must be positive")
@@ -93,7 +100,7 @@ class Config(Profiles):
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
         # 1,500 steps per SAE on 200k activations; sweeps wide enough for their L0 ranges to overlap
-        "cpu": {"n_documents": 10_000, "total_samples": 1_536_000, "l1_coefficients": (1.0, 2.0, 5.0),
+        "cpu": {"n_seeds": 3, "n_documents": 10_000, "total_samples": 1_536_000, "l1_coefficients": (1.0, 2.0, 5.0),
                 "l0_coefficients": (0.2, 0.5, 2.0), "k_values": (8, 16, 32)},
         "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "d_sae": 64, "total_samples": 2048, "batch_size": 256},
         "full": {
@@ -124,6 +131,8 @@ class Result:
     """The most-shrunk L1 SAE before and after :func:`refit_decoder`."""
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    seed_results: list = field(default_factory=list)
+    """The other seeds' results (``Config.n_seeds > 1``); this one is the first seed's."""
 
 
 def _configs(cfg: Config, d_in: int, hook: str) -> dict[str, tuple[str, float, object]]:
@@ -160,6 +169,12 @@ def check_model(model, cfg: Config | None = None) -> None:
 
 @tf32_on_cuda
 def run(model, cfg: Config) -> Result:
+    """Every measurement, once per seed (:func:`~saetools.experiments.protocol.run_seeds`)."""
+    check_model(model, cfg)
+    return run_seeds(_run_one, model, cfg)
+
+
+def _run_one(model, cfg: Config) -> Result:
     """Train every architecture on the same activations, evaluate, and fix the L1 SAE."""
     check_model(model, cfg)
     t0 = time.perf_counter()
@@ -259,8 +274,8 @@ def _beats(t: pd.DataFrame, arch: str, refs: tuple[str, ...]) -> tuple[dict, str
 
 
 def check(result: Result, *, expected_failures: Mapping[str, str] | None = None) -> ClaimsTable:
-    """The papers' claims on this run (:data:`HEADLINES`), measured on held-out tokens; raises
-    ``ClaimFailed``.
+    """The papers' claims on this run (:data:`HEADLINES`), measured on held-out tokens, over its
+    seeds (:func:`~saetools.experiments.protocol.check_over_seeds`); raises ``ClaimFailed``.
 
     * L1 SAEs shrink: ``gamma_saelens`` below 0.9, and below the Gated SAE trained with the same
       coefficient; Gated (within 0.1 of 1), JumpReLU, TopK and BatchTopK do not.
@@ -274,19 +289,25 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     ``gamma_proj`` is not tested against 1: it equals ``1 - E||x - x_hat||^2 / E||x||^2`` for an
     unbiased reconstruction, so it is below 1 for every imperfect SAE, shrinking or not.
     """
-    claims = Claims(expected_failures, headlines=HEADLINES)
+    return check_over_seeds(result, _claims, expected_failures=expected_failures, headlines=HEADLINES)
+
+
+def _claims(result: Result, claims: Claims) -> None:
+    """One seed's claims (:func:`check`)."""
     cfg = result.config
     t = result.table.set_index("sae")
     l1 = t[t.architecture == "standard"]
     gated = t[t.architecture == "gated"].set_index("param").gamma_saelens
     claims("L1 shrinks", (l1.gamma_saelens < 0.9).all(),
-           "gamma " + ", ".join(f"{n} {v:.3f}" for n, v in l1.gamma_saelens.items()))
+           "gamma " + ", ".join(f"{n} {v:.3f}" for n, v in l1.gamma_saelens.items()), value=l1.gamma_saelens.max())
     g_ok = all(abs(gated[row.param] - 1) < 0.1 and row.gamma_saelens < gated[row.param] for _, row in l1.iterrows())
     claims("gated does not shrink", g_ok, "gamma " + ", ".join(
-        f"gated l1={p} {v:.3f} (L1 {l1.set_index('param').gamma_saelens[p]:.3f})" for p, v in gated.items()))
+        f"gated l1={p} {v:.3f} (L1 {l1.set_index('param').gamma_saelens[p]:.3f})" for p, v in gated.items()),
+        value=(gated - 1).abs().max())
     l0_trained = t[t.architecture.isin(["jumprelu", "topk", "batchtopk"])]
     claims("L0-trained do not shrink", ((l0_trained.gamma_saelens - 1).abs() < 0.1).all(),
-           "gamma " + ", ".join(f"{n} {v:.3f}" for n, v in l0_trained.gamma_saelens.items()))
+           "gamma " + ", ".join(f"{n} {v:.3f}" for n, v in l0_trained.gamma_saelens.items()),
+           value=(l0_trained.gamma_saelens - 1).abs().max())
     why = short_training(cfg.total_samples // cfg.batch_size)
     for key, arch, refs, tol in (("gated beats L1 at equal L0", "gated", ("standard",), 0.0),
                                  ("JumpReLU best at equal L0", "jumprelu", ("gated", "topk"), JUMPRELU_TOLERANCE)):
@@ -297,13 +318,12 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
             claims.untestable(key, f"no {arch} SAE's L0 lies inside the {' / '.join(refs)} sweep's L0 range: widen "
                               "the sweeps", "L0 " + ", ".join(f"{a} {v:.1f}" for a, v in t.groupby("architecture").l0.median().items()))
         else:
-            claims(key, all(g < 0 if tol == 0 else g <= tol for g in gaps.values()), text)
+            claims(key, all(g < 0 if tol == 0 else g <= tol for g in gaps.values()), text, value=max(gaps.values()))
     s = result.suppression.set_index("sae")
     before, after = s.iloc[0], s.iloc[1]
     claims("refit removes shrinkage",
            abs(after.gamma_saelens - 1) < abs(before.gamma_saelens - 1) - 0.05 and after.mse < before.mse
            and abs(after.l0 - before.l0) <= L0_ROUNDING * before.l0,
            f"gamma {before.gamma_saelens:.3f} -> {after.gamma_saelens:.3f}, MSE {before.mse:.4g} -> {after.mse:.4g} "
-           f"({after.mse / before.mse - 1:+.1%}), L0 {before.l0:.2f} -> {after.l0:.2f}")
+           f"({after.mse / before.mse - 1:+.1%}), L0 {before.l0:.2f} -> {after.l0:.2f}", value=after.mse / before.mse - 1)
     claim(after.gamma_proj > before.gamma_proj, "refit should raise gamma_proj")
-    return claims.table()

@@ -267,19 +267,21 @@ def check(result: Result, *, expected_failures: Mapping[str, str] | None = None)
     claims = Claims(expected_failures, headlines=HEADLINES)
     claims("ABC corruption matters", result.logit_diff > result.logit_diff_abc + ABC_DROP_MIN,
            f"the ABC corruption lowers the logit difference from {result.logit_diff:.2f} to "
-           f"{result.logit_diff_abc:.2f} (needs a drop > {ABC_DROP_MIN})")
+           f"{result.logit_diff_abc:.2f} (needs a drop > {ABC_DROP_MIN})",
+           paper="GPT-2 small: the ABC distribution removes the IO preference (the baseline of every patching score)")
     all_pos = result.resid[result.resid.position == "all"].score
     claims("patching every position restores the run", ((all_pos - 1).abs() < 1e-3).all(),
-           f"normalised score with every position patched: {all_pos.round(4).tolist()}")
+           f"normalised score with every position patched: {all_pos.round(4).tolist()}",
+           paper="1 by construction (a check of the patching)")
     roles = result.circuit.roles
     claims("a head writes the answer", roles["name_mover"] or roles["s_suppression"],
-           f"discovered roles: {roles}")
+           f"discovered roles: {roles}", paper="name movers (and negative name movers) write the answer directly")
     table = result.discovery.heads.set_index(["layer", "head"])
     for role, attends, other in (("name_mover", "end_io", "end_s"), ("s_suppression", "end_s", "end_io")):
         rows = table.loc[list(roles[role])] if roles[role] else table.iloc[:0]
         claims(f"{role.replace('_', ' ')} heads attend to {attends[4:].upper()}", (rows[attends] > rows[other]).all(),
                f"{role} heads {list(roles[role])}: {attends} {rows[attends].round(2).tolist()}, "
-               f"{other} {rows[other].round(2).tolist()}")
+               f"{other} {rows[other].round(2).tolist()}", paper="each role's heads attend as their name says")
     f = result.faithfulness
     claims("circuit is sufficient (Wang et al.'s bar)", f.kept >= KEPT_MIN,
            f"the circuit alone keeps {f.kept:.0%} (needs >= {KEPT_MIN:.0%})")
