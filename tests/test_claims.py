@@ -131,3 +131,15 @@ def test_seeds_run_apart_and_a_claim_must_hold_on_every_seed():
     assert "value 0.9 (first seed) | over 3 seeds: 0.7 ± 0.26, holds on 3 of 3" == t.loc["a", "run"]
     one = check_over_seeds(Res(Cfg(n_seeds=1), 0.9), claims_of, expected_failures=None, headlines=HEADLINES)
     assert one.loc["a", "run"] == "value 0.9"
+
+
+def test_known_failures_are_per_bundled_model_and_profile():
+    from types import SimpleNamespace
+
+    from saetools.experiments.protocol import bundled_expected_failures
+
+    module = SimpleNamespace(BUNDLED_EXPECTED_FAILURES={"a": "always"}, BUNDLED_EXPECTED_FAILURES_AT={"cpu": {"b": "at cpu"}})
+    assert bundled_expected_failures(module, "tiny-ioi", "smoke") == {"a": "always"}
+    assert bundled_expected_failures(module, "tiny-rotary", "cpu") == {"a": "always", "b": "at cpu"}
+    assert bundled_expected_failures(module, "gpt2", "cpu") is None  # every claim must hold or fail loudly
+    assert bundled_expected_failures(SimpleNamespace(), "tiny-ioi", "cpu") == {}

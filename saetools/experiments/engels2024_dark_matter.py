@@ -39,7 +39,7 @@ from saetools.experiments.protocol import (
     tf32_on_cuda,
 )
 
-__all__ = ["BUNDLED_EXPECTED_FAILURES", "EARLIER", "FLAT_RATIO", "HEADLINES", "NORM_R2_MIN", "VECTOR_R2_RANGE", "Config", "Result", "check", "figure_downstream", "figure_predictability",
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "BUNDLED_EXPECTED_FAILURES_AT", "EARLIER", "FLAT_RATIO", "HEADLINES", "NORM_R2_MIN", "VECTOR_R2_RANGE", "Config", "Result", "check", "figure_downstream", "figure_predictability",
            "cross_width_gain", "figure_scaling", "figures", "nonlinear_reduction", "run"]
 
 FEATURE_SPLITTING = tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288, 24576, 49152, 98304))
@@ -132,8 +132,8 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
-        # 1,500 steps per SAE
-        "cpu": {"n_seeds": 3, "n_train_documents": 6000, "total_samples": 384_000, "n_documents": 1000},
+        # 1,000 steps per SAE
+        "cpu": {"n_seeds": 3, "n_train_documents": 6000, "total_samples": 256_000, "n_documents": 1000},
         "test": {"context_size": 64, "widths": (32, 64, 128), "k": 4, "prev_width": 32, "n_train_documents": 24, "total_samples": 2048,
                  "n_documents": 450, "n_rows": 8, "n_splice_rows": 4, "pursuit_max_elements": 2**22},
         "full": {
@@ -470,15 +470,21 @@ HEADLINES: dict[str, Headline] = {
 
 BUNDLED_EXPECTED_FAILURES: dict[str, str] = {
     "norm predictable": (
-        "on tiny-ioi the SAE error's norm is about 78% linearly predictable at every width, short of the "
-        "paper's 90%; what the small model lacks (the norm's link to the activation's size or to rare "
-        "directions) is not established"),
+        "on tiny-ioi the SAE error's norm is well but not 90% linearly predictable, at every width and seed; "
+        "what the small model lacks (the norm's link to the activation's size or to rare directions) is not "
+        "established"),
     "pursuit slight": (
-        "on tiny-ioi gradient pursuit removes more of the nonlinear error (about 15%) than any linear map "
-        "from the previous layer (under 5%): the previous layer's parts predict little of this layer's "
-        "nonlinear error in a 4-layer model"),
+        "on tiny-ioi gradient pursuit removes more of the nonlinear error than any linear map from the previous "
+        "layer: the previous layer's parts predict little of this layer's nonlinear error in a 4-layer model"),
 }
 """Claims the bundled ``tiny-ioi`` does not show, and why (strict expected failures in :func:`check`)."""
+
+BUNDLED_EXPECTED_FAILURES_AT: dict[str, dict[str, str]] = {
+    "cpu": {"vector about half": (
+        "trained to convergence, tiny-ioi's SAEs leave an error whose linearly predictable share falls with width "
+        "and drops out of the 'about half' range for the widest SAEs: wider SAEs learn more of the linear part")},
+}
+"""Claims the bundled ``tiny-ioi`` does not show at a profile, and why (strict expected failures)."""
 
 
 def nonlinear_reduction(result: Result) -> pd.DataFrame:

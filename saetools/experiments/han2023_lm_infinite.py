@@ -37,7 +37,7 @@ from saetools.lminfinite.evaluation import (
 )
 from saetools.models.corpus import long_document, long_document_tokens
 
-__all__ = ["BUNDLED_EXPECTED_FAILURES", "Config", "Result", "run", "check", "target_status", "passkey_at", "figures",
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "BUNDLED_EXPECTED_FAILURES_AT", "Config", "Result", "run", "check", "target_status", "passkey_at", "figures",
            "mask_only_demo"]
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +219,13 @@ BUNDLED_EXPECTED_FAILURES: dict[str, str] = {
 }
 """Claims the bundled ``tiny-rotary`` does not show, and why (strict expected failures in
 :func:`check`: they must fail, with their measured numbers shown)."""
+
+BUNDLED_EXPECTED_FAILURES_AT: dict[str, dict[str, str]] = {
+    "cpu": {"vanilla retrieves in length": (
+        "tiny-rotary retrieves the passkey inside its training length on most prompts but, over the cpu profile's "
+        "larger prompt set, falls just short of the bar; which prompts it misses has not been examined")},
+}
+"""Claims ``tiny-rotary`` does not show at a profile, and why (strict expected failures)."""
 
 
 MIN_DOCS = 8

@@ -57,7 +57,7 @@ from saetools.saes import load_bundled_sae, load_pretrained_sae, load_sae, save_
 from saetools.saes.topafa import TopAFATrainingSAEConfig
 from saetools.training import train_sae
 
-__all__ = ["AUTHORS_ADAM_BETAS", "AUTHORS_DEAD_WINDOW", "HEADLINES", "MATCH_TOLERANCE", "PAPER_LAYER6", "Config", "Result", "check", "figures", "nmse_standardised", "run",
+__all__ = ["AUTHORS_ADAM_BETAS", "AUTHORS_DEAD_WINDOW", "BUNDLED_EXPECTED_FAILURES_AT", "HEADLINES", "MATCH_TOLERANCE", "PAPER_LAYER6", "Config", "Result", "check", "figures", "nmse_standardised", "run",
            "toy_bounds"]
 
 PAPER_LAYER6 = pd.DataFrame(
@@ -151,9 +151,9 @@ class Config(Profiles):
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {},
-        # 1,500 steps per SAE; the TopK sweep spans the L0 that top-AFA picks
-        "cpu": {"n_seeds": 3, "n_documents": 6000, "n_eval_documents": 200, "total_samples": 768_000, "k_values": (8, 16, 32, 64),
-                "afa_coefficients": (1 / 64, 1 / 32, 1 / 16)},
+        # 1,000 steps per SAE; the TopK sweep reaches the L0 that top-AFA picks here (about 210 of 256)
+        "cpu": {"n_seeds": 3, "n_documents": 6000, "n_eval_documents": 200, "total_samples": 256_000,
+                "batch_size": 256, "k_values": (8, 32, 128, 240), "afa_coefficients": (1 / 64, 1 / 32, 1 / 16)},
         "test": {"context_size": 64, "n_documents": 24, "n_eval_documents": 6, "d_sae": 64, "total_samples": 2048, "batch_size": 256,
                  "toy_samples": 600, "toy_superposition_h": 96},
         "full": {
@@ -441,6 +441,15 @@ HEADLINES: dict[str, Headline] = {
         "best and worst layers by median epsilon_LBO differ from those by MSE (GPT-2 small, 12 layers)"),
 }
 """Lee et al.'s headline claims (keys of :func:`check`'s table)."""
+
+BUNDLED_EXPECTED_FAILURES_AT: dict[str, dict[str, str]] = {
+    "cpu": {"top-AFA matches TopK at equal L0": (
+        "trained to convergence on tiny-ioi (128 dimensions, 256 latents), top-AFA keeps most latents and "
+        "reconstructs worse than a TopK SAE of the same L0, at every lambda_AFA tried, with and without "
+        "standardisation; the paper's SAEs are far wider than their input (12,288 latents for 768 dimensions), "
+        "and whether width closes the gap is not tested at this scale")},
+}
+"""Claims the bundled ``tiny-ioi`` does not show at a profile, and why (strict expected failures)."""
 
 AUTHORS_ADAM_BETAS = (0.9, 0.99)
 """Adam's betas in the authors' training loop (every SAE of this experiment uses them)."""

@@ -13,7 +13,7 @@ import pandas as pd
 
 from saetools.experiments.protocol import Claims, ClaimsTable, Headline, claim
 
-__all__ = ["BUNDLED_EXPECTED_FAILURES", "CARRY_MIN", "EDIT_ACCURACY_MIN", "HEADLINES", "NAME_F1_MIN", "SPLIT_GAIN_MIN", "SUFFICIENCY_MIN",
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "BUNDLED_EXPECTED_FAILURES_AT", "CARRY_MIN", "EDIT_ACCURACY_MIN", "HEADLINES", "NAME_F1_MIN", "SPLIT_GAIN_MIN", "SUFFICIENCY_MIN",
            "check", "edit_targets"]
 
 SUFFICIENCY_MIN = 0.9
@@ -49,9 +49,14 @@ HEADLINES: dict[str, Headline] = {
 
 BUNDLED_EXPECTED_FAILURES: dict[str, str] = {
     "over-splitting": (
-        "at tiny-ioi's studied nodes no SAE latent tracks Pos (best single-latent F1 about 0.15 where a union "
-        "gains most, +0.02): the model keeps the first-clause order in few dimensions, and its SAEs learn no "
-        "Pos feature to split"),
+        "at tiny-ioi's studied nodes no SAE latent tracks Pos well, alone or in a union: the model keeps the "
+        "first-clause order in few dimensions, and its SAEs learn no Pos feature to split"),
+}
+BUNDLED_EXPECTED_FAILURES_AT: dict[str, dict[str, str]] = {
+    "cpu": {"SAE edits cost more": (
+        "trained to convergence, tiny-ioi's SAEs at the S-suppression head's output edit S with two latents as "
+        "accurately as the supervised dictionary while removing less weight: that head writes little besides S, "
+        "and the SAEs find it; at the IO node SAE edits still fall short of the supervised ones")},
 }
 """Claims the bundled ``tiny-ioi`` does not show, and why (strict expected failures in :func:`check`)."""
 
@@ -157,10 +162,15 @@ def check(result, *, expected_failures: Mapping[str, str] | None = None) -> Clai
     cheaper = [r for r in sae_e.itertuples() if r.accuracy > sup_e.loc[r.section, "accuracy"]
                and r.weight_removed < sup_e.loc[r.section, "weight_removed"]]
     best_sae = sae_e.sort_values("accuracy").groupby("section").tail(1).set_index("section")
-    claims("SAE edits cost more", not cheaper, "; ".join(
+    text = "; ".join(
         f"{sec}: best SAE edit accuracy {r.accuracy:.2f} removing {r.weight_removed:.2f} ({r.dictionary} {r.method}), "
         f"supervised {sup_e.loc[sec, 'accuracy']:.2f} removing {sup_e.loc[sec, 'weight_removed']:.2f}"
-        for sec, r in best_sae.iterrows()))
+        for sec, r in best_sae.iterrows())
+    if cheaper:
+        text += "; beating the supervised edit with less weight removed: " + ", ".join(
+            f"{r.dictionary} {r.method} n={r.n} at {r.section} (accuracy {r.accuracy:.2f}, removing {r.weight_removed:.2f})"
+            for r in cheaper)
+    claims("SAE edits cost more", not cheaper, text, value=len(cheaper))
     t = result.toy.table.sort_values("ratio")
     lo, hi = t.iloc[0], t.iloc[-1]
     claims("occlusion", lo.best_f1_b > 0.8 and hi.best_f1_b < hi.f1_dense_b,

@@ -64,6 +64,7 @@ from saetools.dictionaries.occlusion import (
 )
 from saetools.experiments.makelov2024_checks import (
     BUNDLED_EXPECTED_FAILURES,
+    BUNDLED_EXPECTED_FAILURES_AT,
     CARRY_MIN,
     EDIT_ACCURACY_MIN,
     HEADLINES,
@@ -81,7 +82,7 @@ from saetools.experiments.makelov2024_figures import (
 from saetools.experiments.protocol import Profiles, UnsupportedModelError, require_model, tf32_on_cuda
 from saetools.tasks import ioi
 
-__all__ = ["BUNDLED_EXPECTED_FAILURES", "CARRY_MIN", "HEADLINES", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "Config", "Result", "check", "edit_targets", "figures",
+__all__ = ["BUNDLED_EXPECTED_FAILURES", "BUNDLED_EXPECTED_FAILURES_AT", "CARRY_MIN", "HEADLINES", "EDIT_ACCURACY_MIN", "SUFFICIENCY_MIN", "Config", "Result", "check", "edit_targets", "figures",
            "plot_approximation", "plot_edits", "plot_interpretability", "plot_occlusion", "run"]
 
 

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["CLAIMS_MIMETYPE", "CLAIM_COLUMNS", "NOT_REPRODUCED", "NOT_TESTABLE", "REPRODUCED", "ClaimFailed",
            "Claims", "ClaimsTable", "Headline", "Profiles", "UnsupportedModelError", "claim", "require_model", "require_release_model",
-           "MIN_COMPARISON_STEPS", "at_matched_l0", "check_over_seeds", "run_seeds", "short_training", "spread", "subplots", "tf32_on_cuda"]
+           "BUNDLED_MODELS", "MIN_COMPARISON_STEPS", "at_matched_l0", "bundled_expected_failures", "check_over_seeds", "run_seeds", "short_training", "spread", "subplots", "tf32_on_cuda"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -266,6 +266,21 @@ def short_training(steps: int) -> str | None:
         return None
     return (f"each SAE trains {steps} steps, short of the {MIN_COMPARISON_STEPS} a comparison of architectures "
             "needs; the cpu profile trains them to convergence")
+
+
+BUNDLED_MODELS = ("tiny-ioi", "tiny-rotary")
+"""The models saetools ships; their known failures are declared per experiment."""
+
+
+def bundled_expected_failures(module, model_name: str, profile: str) -> dict[str, str] | None:
+    """The claims an experiment's bundled model is known not to show at ``profile`` (key -> why):
+    the module's ``BUNDLED_EXPECTED_FAILURES`` (every profile) and its
+    ``BUNDLED_EXPECTED_FAILURES_AT[profile]``. None for any other model (every claim must hold
+    or fail loudly there)."""
+    if model_name not in BUNDLED_MODELS:
+        return None
+    return {**getattr(module, "BUNDLED_EXPECTED_FAILURES", {}),
+            **getattr(module, "BUNDLED_EXPECTED_FAILURES_AT", {}).get(profile, {})}
 
 
 def run_seeds(run_one: Callable, model, cfg):
