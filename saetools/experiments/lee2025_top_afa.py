@@ -356,10 +356,18 @@ def _layer_sweep(model, cfg: Config, tokens, keep, eval_tokens, eval_keep) -> pd
     """One TopK SAE per residual-stream layer; medians of epsilon_LBO and of the reconstruction error."""
     hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
     hooks.append(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+    from saetools.diagnostics.dark_matter import collect_hooks
+
+    def no_bos(mask):  # the tokens collect_activations keeps: BOS (position 0) left out
+        mask = mask.clone()
+        mask[:, 0] = False
+        return mask
+
+    train_all = collect_hooks(model, tokens, hooks, no_bos(keep))  # one forward pass for every layer
+    held_all = collect_hooks(model, eval_tokens, hooks, no_bos(eval_keep))
     rows = []
     for i, hook in enumerate(hooks):
-        acts = collect_activations(model, tokens, hook, mask=keep)
-        held = collect_activations(model, eval_tokens, hook, mask=eval_keep)
+        acts, held = train_all.pop(hook), held_all.pop(hook)
         sae_cfg = TopKTrainingSAEConfig(k=cfg.layer_sweep_k, d_in=acts.shape[1], d_sae=cfg.d_sae,
                                         metadata=SAEMetadata(hook_name=hook), normalize_activations="expected_average_only_in")
         sae = train_sae(acts, sae_cfg, total_samples=cfg.total_samples, batch_size=cfg.batch_size, lr=cfg.lr,
